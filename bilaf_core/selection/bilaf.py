@@ -1,0 +1,518 @@
+"""BiLAF: Bi-Level Active Finetuning (Lu et al., "Boundary Matters", NeurIPS 2024).
+
+Stage 1 picks K *core* samples with ActiveFT (or takes them from the caller).  Stage 2 treats
+each core as a pseudo-class centre and spends the rest of the budget on *boundary* samples:
+
+1. **Assignment.** Every sample joins its nearest core (euclidean on the features as given).
+2. **Denoising** (per cluster of n ≥ 10 members).  Ring 1 is the r = max(1, ⌊p_in·n⌋) members
+   nearest the core; each later ring adds the r not-yet-ringed members with the smallest mean
+   distance to their k nearest members of the grown set (a density-driven growth outwards).
+   The last-added ⌊p_rm·n⌋ members are dropped as noise.
+3. **Budget split.** The budget B (cores included) is divided over clusters in proportion to
+   their denoised size — largest remainder, every cluster keeps its core (≥ 1 pick) and never
+   gets more picks than members; what a cluster cannot use is redistributed.
+4. **Boundary picks.** Per cluster of n members and b picks: start from the core; repeatedly
+   drop the ⌊n/b⌋ candidates nearest the last pick, multiply the penalty of the last pick's
+   opponent cluster by δ (`opponent_penalty`), and pick the candidate with the lowest boundary
+   score (outer·penalty − inner) / max(outer, inner), where inner = mean distance to the
+   cluster's members and outer = distance to the nearest other core.
+
+Default mode vs ``compat="reference"``
+-------------------------------------
+The public reference implementation (Thinklab-SJTU/BiLAF, ``density_cluster.py``) has defects
+that the default mode does not reproduce:
+
+* its denoising takes the k nearest *positions inside the grown-set list* and then reads the
+  distance row at those positions as if they were sample positions, so the "k nearest members of
+  the grown set" are really arbitrary members (mostly the cluster's first few samples);
+* its ring loop stops after ⌊n/r⌋ rings, so up to r − 1 members are never ringed and silently
+  disappear from the cluster;
+* its budget split can give a cluster 0 picks (then ``n / 0`` crashes) or more picks than
+  members (then the same sample is picked repeatedly: duplicate ids);
+* it builds dense N×K float64 distance matrices (65 GB at ImageNet scale) and loops per sample
+  in Python.
+
+``compat="reference"`` reproduces the reference's picks exactly — its denoising indexing, its
+ring count, its remainder rule (smallest allocation first) and its tie-breaking (sorting
+(distance, position) pairs, argsort's order, first minimum) — for users who must regenerate
+published subsets.  Where the reference would crash or return duplicates, compat mode raises a
+:class:`BilafError` saying so instead.  Both modes are vectorised and chunked.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import BilafError
+from ._ops import nearest_rows, pairwise_dist, sq_norms
+from .activeft import ACTIVEFT_PARAMS, activeft_optimize
+from .base import Param, RunContext, check_indices, register_method
+
+#: Clusters smaller than this are not denoised (fixed in the paper's code as well).
+MIN_DENOISE_SIZE = 10
+#: Elements per distance block inside one cluster (rows x columns), bounds memory.
+_BLOCK_ELEMENTS = 8 * 1024 * 1024
+
+BILAF_PARAMS = (
+    Param("core_budget", "int", None, "number K of core samples (pseudo-class centres) chosen by ActiveFT; default min(0.5% of the pool, half the budget), at least 2", minimum=2),
+    Param("core_indices", "indices", None, "use these pool indices as the cores instead of running ActiveFT (e.g. a published core set)"),
+    Param("density_neighbors", "int", 10, "k: a ring candidate's density is its mean distance to its k nearest members of the grown set (paper: 10)", minimum=1),
+    Param("removal_fraction", "float", 0.1, "p_rm: fraction of each cluster dropped as noise, the last-added ring members (paper: 0.1)", minimum=0.0, maximum=0.9),
+    Param("ring_fraction", "float", 0.1, "p_in: each density ring adds this fraction of the cluster (paper: 0.1)", minimum=0.0, exclusive_minimum=True, maximum=1.0),
+    Param("opponent_penalty", "float", 1.1, "δ: each pick multiplies its opponent cluster's penalty by δ, spreading picks over boundaries (paper: 1.1)", minimum=1.0),
+    Param("compat", "str", "none", "'reference' reproduces the public reference code's picks exactly, its denoising bug included", choices=("none", "reference")),
+) + tuple(
+    # The ActiveFT core stage's own options, under the same names as for `activeft`.
+    Param(p.name, p.kind, p.default, "core stage (ActiveFT): " + p.help, p.choices, p.minimum, p.maximum, p.exclusive_minimum)
+    for p in ACTIVEFT_PARAMS
+    if p.name not in ("compat", "record_history")
+)
+
+
+def default_core_budget(budget: int, n_pool: int) -> int:
+    """The paper uses K = 0.5% of the pool (0.1% for CIFAR10); we also keep at least half of the
+    budget for boundary samples so small budgets still get boundaries."""
+    return int(max(2, min(round(0.005 * n_pool), budget // 2)))
+
+
+# --------------------------------------------------------------------------------------------
+# Default mode (the paper's algorithm, correct and vectorised)
+# --------------------------------------------------------------------------------------------
+
+
+def assign_to_cores(features: np.ndarray, core_indices: np.ndarray):
+    """Step 1.  Nearest core of every sample (ties: the lower core position) and the nearest
+    *other* core, in one chunked pass.
+
+    Each core is forced into its own cluster: with duplicate features two cores are equally near
+    and a core must never end up outside its own pseudo-class.
+    Returns (cluster (N,), opponent cluster (N,), distance to the opponent core (N,)).
+    """
+    first, first_dist, second, second_dist = nearest_rows(features, features[core_indices])
+    cluster = first.copy()
+    cluster[core_indices] = np.arange(core_indices.size)
+    own_is_first = first == cluster
+    opponent = np.where(own_is_first, second, first)
+    outer = np.where(own_is_first, second_dist, first_dist)
+    return cluster, opponent, outer
+
+
+def _merge_nearest(nearest, points, sq, rows, new_members, k):
+    """Fold the distances from `rows` to `new_members` into each row's k smallest (in place)."""
+    step = max(1, _BLOCK_ELEMENTS // (k + new_members.size))
+    b, b_sq = points[new_members], sq[new_members]
+    for start in range(0, rows.size, step):
+        part = rows[start : start + step]
+        block = pairwise_dist(points[part], b, a_sq=sq[part], b_sq=b_sq)
+        merged = np.concatenate([nearest[start : start + step], block], axis=1)
+        if merged.shape[1] > k:
+            merged = np.partition(merged, k - 1, axis=1)[:, :k]
+        nearest[start : start + step] = merged
+
+
+def denoise_cluster(points: np.ndarray, core_pos: int, *, k: int, ring_fraction: float, removal_fraction: float):
+    """Step 2 for one cluster.  `points` are the cluster's features (rows in ascending sample id
+    order), `core_pos` the core's row.  Returns (ring_level (n,), removed mask (n,)).
+
+    Ties (equal distances or densities) go to the lower sample id, so results are reproducible.
+    """
+    n = points.shape[0]
+    levels = np.zeros(n, dtype=np.int32)
+    removed = np.zeros(n, dtype=bool)
+    if n < MIN_DENOISE_SIZE:
+        return levels, removed
+    ring_size = max(1, int(math.floor(ring_fraction * n + 1e-9)))
+    sq = sq_norms(points)
+    to_core = pairwise_dist(points, points[core_pos : core_pos + 1], a_sq=sq, b_sq=sq[core_pos : core_pos + 1])[:, 0]
+    to_core[core_pos] = -1.0  # the core opens ring 1 even when it has exact duplicates
+    order = np.argsort(to_core, kind="stable")
+    ring = order[:ring_size]
+    levels[ring] = 1
+    added = [ring]
+    unringed = np.sort(order[ring_size:])
+    nearest = np.full((unringed.size, k), np.inf, dtype=np.float32)
+    if unringed.size:
+        _merge_nearest(nearest, points, sq, unringed, ring, k)
+    grown = ring_size
+    level = 1
+    while unringed.size:
+        level += 1
+        # Density of a candidate = mean distance to its min(k, |grown|) nearest grown members.
+        used = min(k, grown)
+        density = np.where(np.isfinite(nearest), nearest, 0.0).sum(axis=1) / used
+        take = min(ring_size, unringed.size)
+        chosen = np.argsort(density, kind="stable")[:take]
+        ring = unringed[chosen]
+        levels[ring] = level
+        added.append(ring)
+        keep = np.ones(unringed.size, dtype=bool)
+        keep[chosen] = False
+        unringed, nearest = unringed[keep], nearest[keep]
+        if unringed.size:
+            _merge_nearest(nearest, points, sq, unringed, ring, k)
+        grown += take
+    n_removed = int(math.floor(removal_fraction * n + 1e-9))
+    if n_removed:
+        removed[np.concatenate(added)[n - n_removed :]] = True
+    return levels, removed
+
+
+def split_budget(sizes: np.ndarray, budget: int) -> np.ndarray:
+    """Step 3.  Integer allocation proportional to `sizes` with 1 <= a_i <= sizes_i, sum = budget.
+
+    Water-filling: clusters whose proportional quota exceeds their size are capped (and the rest
+    re-split), then clusters whose quota is below one get exactly one (their core); the others
+    share what is left by largest remainder (ties: the larger cluster, then the lower index).
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    k = sizes.size
+    if budget < k:
+        raise BilafError(f"budget {budget} is smaller than the {k} core samples; raise the budget or lower --core-budget")
+    if budget > sizes.sum():
+        raise BilafError(
+            f"budget {budget} is larger than the {int(sizes.sum())} samples left after denoising; "
+            "lower the budget or --removal-fraction"
+        )
+    alloc = np.zeros(k, dtype=np.int64)
+    fixed = np.zeros(k, dtype=bool)
+    for bound in ("upper", "lower"):
+        while True:
+            free = np.flatnonzero(~fixed)
+            remaining = budget - alloc[fixed].sum()
+            quota = remaining * sizes[free] / sizes[free].sum()
+            violators = free[quota > sizes[free]] if bound == "upper" else free[quota < 1]
+            if violators.size == 0:
+                break
+            alloc[violators] = sizes[violators] if bound == "upper" else 1
+            fixed[violators] = True
+    free = np.flatnonzero(~fixed)
+    if free.size:
+        remaining = budget - alloc[fixed].sum()
+        quota = remaining * sizes[free] / sizes[free].sum()
+        base = np.minimum(np.floor(quota).astype(np.int64), sizes[free])
+        base = np.maximum(base, 1)
+        left = int(remaining - base.sum())
+        if left > 0:
+            fraction = np.where(base < sizes[free], quota - base, -np.inf)
+            order = np.lexsort((free, -sizes[free], -fraction))
+            base[order[:left]] += 1
+        alloc[free] = base
+    if alloc.sum() != budget or (alloc < 1).any() or (alloc > sizes).any():  # pragma: no cover
+        raise AssertionError(f"budget split failed: {alloc.sum()} != {budget}")
+    return alloc
+
+
+def cluster_inner_means(points: np.ndarray) -> np.ndarray:
+    """Mean distance of each row to all rows of the cluster (itself included, as in the paper)."""
+    n = points.shape[0]
+    sq = sq_norms(points)
+    out = np.empty(n, dtype=np.float64)
+    step = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    for start in range(0, n, step):
+        block = pairwise_dist(points[start : start + step], points, a_sq=sq[start : start + step], b_sq=sq)
+        out[start : start + step] = block.sum(axis=1, dtype=np.float64) / n
+    return out
+
+
+def boundary_picks(points, core_pos, picks_wanted, outer, opponent, n_clusters, opponent_penalty):
+    """Step 4 for one cluster (rows in ascending sample id order).  Returns (positions, scores,
+    opponents) in pick order; the core comes first with score NaN and opponent -1."""
+    positions, scores, opponents = [core_pos], [np.nan], [-1]
+    n = points.shape[0]
+    if picks_wanted <= 1:
+        return positions, scores, opponents
+    inner = cluster_inner_means(points)
+    sq = sq_norms(points)
+    penalty = np.ones(n_clusters, dtype=np.float64)
+    drop = n // picks_wanted
+    candidates = np.arange(n)
+    last = core_pos
+    for _ in range(picks_wanted - 1):
+        to_last = pairwise_dist(points[candidates], points[last : last + 1], a_sq=sq[candidates], b_sq=sq[last : last + 1])[:, 0]
+        to_last[candidates == last] = -np.inf  # the last pick always leaves the candidates
+        survivors = np.argsort(to_last, kind="stable")[drop:]
+        candidates = np.sort(candidates[survivors])
+        if last != core_pos:
+            penalty[opponent[last]] *= opponent_penalty
+        out, inn = outer[candidates], inner[candidates]
+        score = (out * penalty[opponent[candidates]] - inn) / np.maximum(np.maximum(out, inn), 1e-12)
+        best = int(np.argmin(score))  # first minimum = lowest sample id
+        last = int(candidates[best])
+        positions.append(last)
+        scores.append(float(score[best]))
+        opponents.append(int(opponent[last]))
+    return positions, scores, opponents
+
+
+def _bilaf_default(features, core_indices, budget, ctx, *, density_neighbors, removal_fraction, ring_fraction, opponent_penalty):
+    n = features.shape[0]
+    k_cores = core_indices.size
+    with ctx.stage("assign"):
+        cluster, opponent, outer = assign_to_cores(features, core_indices)
+        order = np.argsort(cluster, kind="stable")  # members of each cluster, ascending ids
+        bounds = np.searchsorted(cluster[order], np.arange(k_cores + 1))
+    ctx.progress(0.62, "assigned samples to pseudo-class centres")
+
+    ring_level = np.zeros(n, dtype=np.int32)
+    removed = np.zeros(n, dtype=bool)
+    with ctx.stage("denoise"):
+        for c in range(k_cores):
+            members = order[bounds[c] : bounds[c + 1]]
+            core_pos = int(np.searchsorted(members, core_indices[c]))
+            levels, drop = denoise_cluster(
+                features[members], core_pos, k=density_neighbors, ring_fraction=ring_fraction, removal_fraction=removal_fraction
+            )
+            ring_level[members] = levels
+            removed[members] = drop
+            if c % max(1, k_cores // 50) == 0:
+                ctx.progress(0.62 + 0.23 * (c + 1) / k_cores, f"denoising cluster {c + 1}/{k_cores}")
+
+    with ctx.stage("allocate"):
+        kept_order = order[~removed[order]]
+        kept_bounds = np.searchsorted(cluster[kept_order], np.arange(k_cores + 1))
+        sizes = np.diff(kept_bounds)
+        allocation = split_budget(sizes, budget)
+
+    picks, scores, opponents, pick_cluster = [], [], [], []
+    with ctx.stage("boundary"):
+        for c in range(k_cores):
+            members = kept_order[kept_bounds[c] : kept_bounds[c + 1]]
+            core_pos = int(np.searchsorted(members, core_indices[c]))
+            pos, sc, opp = boundary_picks(
+                features[members], core_pos, int(allocation[c]), outer[members], opponent[members], k_cores, opponent_penalty
+            )
+            picks.extend(members[pos])
+            scores.extend(sc)
+            opponents.extend(opp)
+            pick_cluster.extend([c] * len(pos))
+            if c % max(1, k_cores // 50) == 0:
+                ctx.progress(0.85 + 0.15 * (c + 1) / k_cores, f"boundary picks in cluster {c + 1}/{k_cores}")
+    return picks, scores, opponents, pick_cluster, cluster, ring_level, removed, allocation, sizes
+
+
+# --------------------------------------------------------------------------------------------
+# compat="reference": the public reference code's exact behaviour (see the module docstring)
+# --------------------------------------------------------------------------------------------
+
+
+def _cdist(a, b):
+    from scipy.spatial.distance import cdist  # the reference's distance, bit for bit
+
+    return cdist(a, b, "euclidean")
+
+
+def _reference_assign(features64, core_indices, chunk=4096):
+    cores = features64[core_indices]
+    cluster = np.empty(features64.shape[0], dtype=np.int64)
+    for start in range(0, features64.shape[0], chunk):
+        cluster[start : start + chunk] = _cdist(features64[start : start + chunk], cores).argmin(axis=1)
+    return cluster
+
+
+def _reference_denoise(points64, core_pos, k, ring_fraction, removal_fraction):
+    """Returns (kept positions in the reference's list order, ring levels)."""
+    n = points64.shape[0]
+    levels = np.zeros(n, dtype=np.int32)
+    if n < MIN_DENOISE_SIZE:
+        return np.arange(n), levels
+    dist = _cdist(points64, points64)
+    ring_size = int(n * ring_fraction) or 1
+    positions = np.arange(n)
+    grown = list(np.lexsort((positions, dist[core_pos]))[:ring_size])
+    levels[grown] = 1
+    for level in range(2, int(n / ring_size) + 1):
+        candidates = np.flatnonzero(levels == 0)
+        if candidates.size == 0:
+            break
+        grown_arr = np.asarray(grown)
+        # The reference's defect, reproduced: argsort positions *within the grown list* are used
+        # to index the candidate's distance row as if they were positions in the cluster.
+        nearest_list_pos = np.argsort(dist[np.ix_(candidates, grown_arr)], axis=1)[:, :k]
+        density = np.take_along_axis(dist[candidates], nearest_list_pos, axis=1).mean(axis=1)
+        new = candidates[np.lexsort((candidates, density))[:ring_size]]
+        levels[new] = level
+        grown.extend(new)
+    kept = np.asarray(grown[: int(len(grown) * (1 - removal_fraction))], dtype=np.int64)
+    return kept, levels
+
+
+def _reference_split(sizes, budget):
+    proportions = 1.0 * sizes / sizes.sum()
+    alloc = np.floor(proportions * budget).astype(np.int64)
+    index = np.arange(sizes.size)
+    for _ in range(int(budget - alloc.sum())):
+        # smallest allocation first; ties: larger proportion, then the first index
+        alloc[np.lexsort((index, -proportions, alloc))[0]] += 1
+    return alloc
+
+
+def _bilaf_reference(features, core_indices, budget, ctx, *, density_neighbors, removal_fraction, ring_fraction, opponent_penalty):
+    features64 = features.astype(np.float64)
+    k_cores = core_indices.size
+    n = features.shape[0]
+    with ctx.stage("assign"):
+        cluster = _reference_assign(features64, core_indices)
+        order = np.argsort(cluster, kind="stable")
+        bounds = np.searchsorted(cluster[order], np.arange(k_cores + 1))
+    ring_level = np.zeros(n, dtype=np.int32)
+    removed = np.ones(n, dtype=bool)
+    class_lists = []
+    with ctx.stage("denoise"):
+        for c in range(k_cores):
+            members = order[bounds[c] : bounds[c + 1]]
+            where = np.flatnonzero(members == core_indices[c])
+            if where.size == 0:
+                raise BilafError(
+                    f"compat=reference: core {int(core_indices[c])} is not nearest to itself (an identical core comes "
+                    "first), where the reference implementation fails its assertion; remove duplicate cores or use the default mode"
+                )
+            kept, levels = _reference_denoise(features64[members], int(where[0]), density_neighbors, ring_fraction, removal_fraction)
+            ring_level[members] = levels
+            class_lists.append(members[kept])
+            removed[members[kept]] = False
+            ctx.progress(0.62 + 0.23 * (c + 1) / k_cores, f"denoising cluster {c + 1}/{k_cores}")
+    with ctx.stage("allocate"):
+        sizes = np.array([lst.size for lst in class_lists], dtype=np.int64)
+        allocation = _reference_split(sizes, budget)
+        if (allocation == 0).any():
+            c = int(np.flatnonzero(allocation == 0)[0])
+            raise BilafError(
+                f"compat=reference: pseudo-class {c} gets 0 picks, where the reference implementation divides by zero; "
+                "raise the budget or use the default mode"
+            )
+        if (allocation > sizes).any():
+            c = int(np.flatnonzero(allocation > sizes)[0])
+            raise BilafError(
+                f"compat=reference: pseudo-class {c} gets {int(allocation[c])} picks for {int(sizes[c])} members, where the "
+                "reference implementation returns duplicate picks; lower the budget or use the default mode"
+            )
+    cores64 = features64[core_indices]
+    picks, scores, opponents, pick_cluster = [], [], [], []
+    with ctx.stage("boundary"):
+        for c, members in enumerate(class_lists):
+            points = features64[members]
+            inner_dist = _cdist(points, points)
+            inner = np.array([np.mean(row) for row in inner_dist])
+            outer_dist = _cdist(points, cores64)
+            outer_dist[:, c] = 1e9 + 7
+            outer, opponent = outer_dist.min(axis=1), outer_dist.argmin(axis=1)
+            where = np.flatnonzero(members == core_indices[c])
+            if where.size == 0:
+                raise BilafError(
+                    f"compat=reference: core {int(core_indices[c])} was removed as noise, where the reference implementation "
+                    "fails its assertion; lower --removal-fraction or use the default mode"
+                )
+            core_pos = int(where[0])
+            chosen, chosen_scores, chosen_opp = [core_pos], [np.nan], [-1]
+            penalty = np.ones(k_cores, dtype=np.float64)
+            drop = int(members.size / allocation[c])
+            candidates = np.arange(members.size)
+            while len(chosen) < allocation[c]:
+                node = chosen[-1]
+                candidates = candidates[np.lexsort((candidates, inner_dist[node, candidates]))][drop:]
+                if node != core_pos:
+                    penalty[opponent[node]] *= opponent_penalty
+                out, inn = outer[candidates], inner[candidates]
+                score = (out * penalty[opponent[candidates]] - inn) / np.maximum(out, inn)
+                best = int(np.argmin(score))
+                node = int(candidates[best])
+                if node in chosen:
+                    raise BilafError(
+                        "compat=reference: the reference implementation picks the same sample twice here (duplicate feature "
+                        "rows); deduplicate the features or use the default mode"
+                    )
+                chosen.append(node)
+                chosen_scores.append(float(score[best]))
+                chosen_opp.append(int(opponent[node]))
+            picks.extend(members[chosen])
+            scores.extend(chosen_scores)
+            opponents.extend(chosen_opp)
+            pick_cluster.extend([c] * len(chosen))
+            ctx.progress(0.85 + 0.15 * (c + 1) / k_cores, f"boundary picks in cluster {c + 1}/{k_cores}")
+    return picks, scores, opponents, pick_cluster, cluster, ring_level, removed, allocation, sizes
+
+
+# --------------------------------------------------------------------------------------------
+# The registered method
+# --------------------------------------------------------------------------------------------
+
+
+def _child_context(ctx: RunContext, low: float, high: float) -> RunContext:
+    """Same seed; progress mapped into [low, high] of the parent's bar."""
+    return RunContext(ctx.seed, lambda f, m: ctx.progress(low + (high - low) * f, m))
+
+
+@register_method(
+    "bilaf",
+    summary="BiLAF: ActiveFT core samples as pseudo-class centres, density-ring denoising, then iterative boundary samples with an opponent penalty",
+    params=BILAF_PARAMS,
+)
+def select_bilaf(
+    features,
+    budget,
+    ctx,
+    *,
+    core_budget=None,
+    core_indices=None,
+    density_neighbors=10,
+    removal_fraction=0.1,
+    ring_fraction=0.1,
+    opponent_penalty=1.1,
+    compat="none",
+    **core_options,
+):
+    n = features.shape[0]
+    reference = compat == "reference"
+    if core_indices is not None and core_budget is not None and core_budget != len(core_indices):
+        raise BilafError(f"--core-budget {core_budget} disagrees with the {len(core_indices)} --core-indices given; pass one of them")
+    if core_indices is not None:
+        core_indices = check_indices(core_indices, n, what="core indices")
+        if core_indices.size < 2:
+            raise BilafError("BiLAF needs at least 2 core samples (boundaries lie between pseudo-classes); give more core indices")
+        if core_indices.size > budget:
+            raise BilafError(f"budget {budget} is smaller than the {core_indices.size} core indices; the budget counts the cores")
+        core_diagnostics = {}
+    else:
+        k_cores = default_core_budget(budget, n) if core_budget is None else int(core_budget)
+        if k_cores > budget:
+            raise BilafError(f"budget {budget} is smaller than the core count {k_cores}; raise the budget or lower --core-budget")
+        if budget < 2:
+            raise BilafError("BiLAF needs a budget of at least 2 (two pseudo-class centres); use another method for one pick")
+        child = _child_context(ctx, 0.0, 0.6)
+        core_indices, core_diagnostics = activeft_optimize(
+            features, k_cores, child, compat="reference" if reference else "none", **core_options
+        )
+        for stage, seconds in child.timings.items():
+            ctx.timings[f"core_{stage}"] = seconds
+    ctx.progress(0.6, f"{core_indices.size} core samples chosen")
+
+    run = _bilaf_reference if reference else _bilaf_default
+    picks, scores, opponents, pick_cluster, cluster, ring_level, removed, allocation, sizes = run(
+        features,
+        np.asarray(core_indices, dtype=np.int64),
+        budget,
+        ctx,
+        density_neighbors=density_neighbors,
+        removal_fraction=removal_fraction,
+        ring_fraction=ring_fraction,
+        opponent_penalty=opponent_penalty,
+    )
+    picks = np.asarray(picks, dtype=np.int64)
+    diagnostics = {
+        "core_indices": np.asarray(core_indices, dtype=np.int64),
+        "cluster": cluster.astype(np.int64),
+        "ring_level": ring_level,
+        "removed_as_noise": removed,
+        "boundary_score": np.asarray(scores, dtype=np.float64),
+        "opponent_cluster": np.asarray(opponents, dtype=np.int64),
+        "pick_cluster": np.asarray(pick_cluster, dtype=np.int64),
+        "is_core_pick": np.isin(picks, core_indices),
+        "allocation": allocation,
+        "denoised_size": sizes,
+    }
+    if "centroids" in core_diagnostics:
+        diagnostics["core_centroids"] = core_diagnostics["centroids"]
+        diagnostics["core_loss_history"] = core_diagnostics["loss_history"]
+    return picks, diagnostics
