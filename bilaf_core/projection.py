@@ -1,0 +1,337 @@
+"""UMAP 2-D map of a feature set, computed once and cached on disk beside the features.
+
+Pipeline (each step reports progress and may be cancelled through the progress callback):
+
+1. L2-normalise the rows (the selection methods compare features by cosine geometry, so the map
+   should too) and reduce to ``pca_dims`` dimensions with a randomized PCA;
+2. exact k nearest neighbours with faiss, in chunks (pynndescent would be JIT-compiled on first
+   use, which costs ~30 s on two cores; faiss answers a 60 000-point pool in a few seconds);
+3. UMAP's fuzzy graph and layout optimisation from those precomputed neighbours;
+4. pools larger than ``fit_limit`` are fitted on a seeded random subsample and every other point
+   is placed at the distance-weighted mean of its nearest fitted neighbours, so a 1 M pool maps
+   in minutes, not hours.
+
+The result is cached as ``<feature_dir>/projections/umap-<key>.npy`` (+ a ``.json`` beside it),
+where ``key`` hashes the features' content digest and the parameters: a changed feature file or a
+changed parameter gives a new map, the same ones are read back in milliseconds.  Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .atomic import atomic_save_npy, atomic_write_json
+from .errors import BilafError
+
+ProgressFn = Callable[[float, str], None]
+
+#: Default parameters of the map (UMAP's own defaults for neighbours / min_dist).
+DEFAULT_PARAMS: dict[str, Any] = {
+    "n_neighbors": 15,
+    "min_dist": 0.1,
+    "pca_dims": 50,
+    "normalize": True,
+    "fit_limit": 100_000,
+    "seed": 0,
+}
+
+PROJECTION_DIR = "projections"
+_DIGEST_FILE = ".features-digest.json"
+_FEATURES_FILE = "features.npy"
+
+
+# --------------------------------------------------------------------------- digests and keys
+
+
+def array_digest(features: np.ndarray) -> str:
+    """Content digest of an array (shape, dtype and bytes), hashed in 64 MB blocks."""
+    features = np.ascontiguousarray(features)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{features.shape}|{features.dtype.str}".encode())
+    flat = features.reshape(-1).view(np.uint8)
+    block = 64 << 20
+    for start in range(0, flat.size, block):
+        h.update(flat[start : start + block])
+    return h.hexdigest()
+
+
+def features_digest(feature_dir: str | os.PathLike) -> str:
+    """Digest of ``<feature_dir>/features.npy``, memoised beside it keyed by the file's size and
+    modification time, so repeated look-ups do not re-read hundreds of MB."""
+    feature_dir = Path(feature_dir)
+    path = feature_dir / _FEATURES_FILE
+    if not path.is_file():
+        raise BilafError(f"{feature_dir} holds no {_FEATURES_FILE}; extract or import features first")
+    st = path.stat()
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    memo = feature_dir / _DIGEST_FILE
+    try:
+        saved = json.loads(memo.read_text())
+        if saved.get("stat") == stamp and isinstance(saved.get("digest"), str):
+            return saved["digest"]
+    except (OSError, ValueError):
+        pass
+    digest = array_digest(np.load(path, mmap_mode="r"))
+    try:
+        atomic_write_json(memo, {"stat": stamp, "digest": digest})
+    except OSError:  # read-only feature folder: fine, just slower next time
+        pass
+    return digest
+
+
+def resolve_params(**params: Any) -> dict[str, Any]:
+    """Defaults filled in and checked; raise BilafError naming a bad parameter."""
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise BilafError(f"projection does not take {', '.join(unknown)}; its options: {', '.join(DEFAULT_PARAMS)}")
+    out = dict(DEFAULT_PARAMS)
+    out.update({k: v for k, v in params.items() if v is not None})
+    try:
+        out["n_neighbors"] = int(out["n_neighbors"])
+        out["min_dist"] = float(out["min_dist"])
+        out["pca_dims"] = int(out["pca_dims"])
+        out["normalize"] = bool(out["normalize"])
+        out["fit_limit"] = int(out["fit_limit"])
+        out["seed"] = int(out["seed"])
+    except (TypeError, ValueError) as exc:
+        raise BilafError(f"projection parameter has the wrong type: {exc}") from None
+    if out["n_neighbors"] < 2:
+        raise BilafError(f"projection n_neighbors must be >= 2; got {out['n_neighbors']}")
+    if not 0.0 <= out["min_dist"] <= 1.0:
+        raise BilafError(f"projection min_dist must be within [0, 1]; got {out['min_dist']}")
+    if out["pca_dims"] < 2:
+        raise BilafError(f"projection pca_dims must be >= 2; got {out['pca_dims']}")
+    if out["fit_limit"] < 100:
+        raise BilafError(f"projection fit_limit must be >= 100; got {out['fit_limit']}")
+    return out
+
+
+def projection_key(digest: str, params: dict[str, Any]) -> str:
+    text = json.dumps({"digest": digest, "params": resolve_params(**params)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def projection_paths(feature_dir: str | os.PathLike, **params: Any) -> tuple[Path, Path]:
+    """(coordinates .npy, metadata .json) of the cached map for these parameters."""
+    key = projection_key(features_digest(feature_dir), params)
+    base = Path(feature_dir) / PROJECTION_DIR
+    return base / f"umap-{key}.npy", base / f"umap-{key}.json"
+
+
+# --------------------------------------------------------------------------- computing
+
+
+class _Stage:
+    """Maps a stage's own 0..1 progress onto a slice [lo, hi] of the overall progress."""
+
+    def __init__(self, progress: ProgressFn | None, lo: float, hi: float):
+        self.progress, self.lo, self.hi = progress, lo, hi
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.progress is not None:
+            self.progress(self.lo + (self.hi - self.lo) * min(max(fraction, 0.0), 1.0), message)
+
+
+class _EpochStream:
+    """A file-like sink for UMAP's tqdm bar (formatted as ``n/total``) that forwards epoch
+    progress to our callback.  An exception from the callback (Cancelled) propagates out of
+    UMAP's epoch loop; afterwards the stream goes quiet so tqdm's clean-up cannot raise again."""
+
+    _pattern = re.compile(r"(\d+)/(\d+)")
+
+    def __init__(self, stage: _Stage):
+        self.stage = stage
+        self.failed = False
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            found = self._pattern.findall(text)
+            if found:
+                n, total = map(int, found[-1])
+                try:
+                    self.stage(n / max(total, 1), f"laying out the map: epoch {n}/{total}")
+                except BaseException:
+                    self.failed = True
+                    raise
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _reduce(features: np.ndarray, params: dict[str, Any], stage: _Stage) -> np.ndarray:
+    x = np.asarray(features, dtype=np.float32)
+    if params["normalize"]:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    stage(0.1, "reducing dimensions (PCA)")
+    dims = min(params["pca_dims"], x.shape[0], x.shape[1])
+    if dims >= x.shape[1]:
+        return np.ascontiguousarray(x - x.mean(axis=0), dtype=np.float32)
+    from sklearn.decomposition import PCA
+
+    reduced = PCA(dims, svd_solver="randomized", random_state=params["seed"]).fit_transform(x)
+    stage(1.0, "reduced dimensions")
+    return np.ascontiguousarray(reduced, dtype=np.float32)
+
+
+def _knn(database: np.ndarray, queries: np.ndarray, k: int, stage: _Stage, chunk: int = 4096):
+    import faiss
+
+    index = faiss.IndexFlatL2(database.shape[1])
+    index.add(np.ascontiguousarray(database, dtype=np.float32))
+    n = queries.shape[0]
+    dists = np.empty((n, k), dtype=np.float32)
+    ids = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, chunk):
+        d2, i = index.search(np.ascontiguousarray(queries[start : start + chunk]), k)
+        dists[start : start + chunk] = np.sqrt(np.maximum(d2, 0))
+        ids[start : start + chunk] = i
+        stage(min(start + chunk, n) / n, f"finding {k - 1} nearest neighbours: {min(start + chunk, n)}/{n}")
+    return ids, dists
+
+
+def compute_projection(
+    features: np.ndarray,
+    *,
+    progress: ProgressFn | None = None,
+    **params: Any,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Arrays in, arrays out: the (N, 2) float32 UMAP map of `features` and stage timings."""
+    from .selection.base import validate_features
+
+    params = resolve_params(**params)
+    features = validate_features(features)
+    n = features.shape[0]
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    reduced = _reduce(features, params, _Stage(progress, 0.0, 0.08))
+    timings["pca"] = time.perf_counter() - t0
+    if n < 4:  # UMAP needs a neighbourhood; a handful of points is shown on its PCA plane
+        coords = np.zeros((n, 2), dtype=np.float32)
+        coords[:, : min(2, reduced.shape[1])] = reduced[:, :2]
+        _Stage(progress, 0.0, 1.0)(1.0, "map ready")
+        return coords, timings
+
+    rng = np.random.default_rng([params["seed"], 7])
+    if n > params["fit_limit"]:
+        fit_rows = np.sort(rng.choice(n, size=params["fit_limit"], replace=False))
+    else:
+        fit_rows = np.arange(n)
+    fit = reduced[fit_rows]
+    k = min(params["n_neighbors"], fit.shape[0] - 1)
+
+    t = time.perf_counter()
+    knn_ids, knn_dists = _knn(fit, fit, k + 1, _Stage(progress, 0.08, 0.25))
+    knn_ids, knn_dists = knn_ids[:, : k + 1], knn_dists[:, : k + 1]
+    timings["neighbours"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _Stage(progress, 0.25, 0.3)(0.0, "building the neighbour graph")
+    import umap  # imported lazily: numba start-up is slow and most pages never need it
+
+    stream = _EpochStream(_Stage(progress, 0.3, 0.95 if fit.shape[0] < n else 0.99))
+    reducer = umap.UMAP(
+        n_neighbors=k + 1,
+        min_dist=params["min_dist"],
+        random_state=params["seed"],
+        n_jobs=1,
+        precomputed_knn=(knn_ids, knn_dists, None),
+        tqdm_kwds={"disable": False, "file": stream, "bar_format": "{n}/{total}\n", "mininterval": 0, "miniters": 1, "leave": True},
+        verbose=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Two layouts at once on a small machine only slow each other down: run one at a time.
+        with _layout_lock:
+            embedded = reducer.fit_transform(fit)
+    timings["umap"] = time.perf_counter() - t
+
+    coords = np.empty((n, 2), dtype=np.float32)
+    coords[fit_rows] = embedded
+    if fit_rows.size < n:
+        t = time.perf_counter()
+        rest = np.setdiff1d(np.arange(n), fit_rows)
+        place = _Stage(progress, 0.95, 1.0)
+        ids, dists = _knn(fit, reduced[rest], 5, place)
+        weights = 1.0 / np.maximum(dists, 1e-6)
+        weights /= weights.sum(axis=1, keepdims=True)
+        coords[rest] = np.einsum("rk,rkc->rc", weights, embedded[ids]).astype(np.float32)
+        timings["placement"] = time.perf_counter() - t
+    _Stage(progress, 0.0, 1.0)(1.0, "map ready")
+    return coords, timings
+
+
+_layout_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def load_projection(feature_dir: str | os.PathLike, **params: Any) -> np.ndarray | None:
+    """The cached map for these parameters, or None when it has not been computed yet."""
+    coords_path, meta_path = projection_paths(feature_dir, **params)
+    if not (coords_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        coords = np.load(coords_path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return coords
+
+
+def projection_info(feature_dir: str | os.PathLike, **params: Any) -> dict | None:
+    """The metadata of the cached map (params, digest, timings, created), or None."""
+    _, meta_path = projection_paths(feature_dir, **params)
+    try:
+        return json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def project_feature_set(
+    feature_dir: str | os.PathLike,
+    *,
+    progress: ProgressFn | None = None,
+    **params: Any,
+) -> np.ndarray:
+    """The (N, 2) map of a feature-set folder: read from the cache, or computed and cached."""
+    feature_dir = Path(feature_dir)
+    params = resolve_params(**params)
+    cached = load_projection(feature_dir, **params)
+    if cached is not None:
+        if progress is not None:
+            progress(1.0, "map read from cache")
+        return cached
+    if progress is not None:
+        progress(0.0, "reading features")
+    features = np.load(feature_dir / _FEATURES_FILE, mmap_mode="r")
+    digest = features_digest(feature_dir)
+    start = time.perf_counter()
+    coords, timings = compute_projection(np.asarray(features), progress=progress, **params)
+    timings["total"] = time.perf_counter() - start
+    coords_path, meta_path = projection_paths(feature_dir, **params)
+    atomic_save_npy(coords_path, coords)
+    # The .json is written last: its presence marks a complete entry.
+    atomic_write_json(
+        meta_path,
+        {
+            "method": "umap",
+            "params": params,
+            "features_digest": digest,
+            "n": int(coords.shape[0]),
+            "timings": timings,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        indent=1,
+    )
+    return coords
