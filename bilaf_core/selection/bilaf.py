@@ -99,33 +99,73 @@ def assign_to_cores(features: np.ndarray, core_indices: np.ndarray):
     return cluster, opponent, outer
 
 
-def _merge_nearest(nearest, points, sq, rows, new_members, k):
+class ClusterDistances:
+    """Euclidean distances inside one cluster.
+
+    A cluster's pairwise distances are needed twice — by the density rings (candidates to the
+    grown set) and by the boundary score (mean distance to the cluster) — so for clusters up to
+    `max_cached` members the full n x n matrix is computed once with one BLAS product and both
+    steps gather from it.  Larger clusters compute the blocks they ask for, so memory stays
+    bounded whatever the cluster sizes.
+    """
+
+    max_cached = 8192  # 8192^2 float32 = 268 MB
+
+    def __init__(self, points: np.ndarray):
+        self.points = points
+        self.sq = sq_norms(points)
+        n = points.shape[0]
+        self.full = pairwise_dist(points, points, a_sq=self.sq, b_sq=self.sq) if n <= self.max_cached else None
+
+    def block(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        if self.full is not None:
+            # Symmetric: gather the few `cols` rows (contiguous copies), then take `rows` from
+            # them — 10x faster than np.ix_ fancy indexing on a large matrix (measured).
+            return np.take(self.full[cols], rows, axis=1).T
+        return pairwise_dist(self.points[rows], self.points[cols], a_sq=self.sq[rows], b_sq=self.sq[cols])
+
+    def to_one(self, rows: np.ndarray, col: int) -> np.ndarray:
+        if self.full is not None:
+            return self.full[col, rows].copy()  # symmetric: a contiguous row read
+        return self.block(rows, np.array([col]))[:, 0]
+
+    def row_means(self, members: np.ndarray) -> np.ndarray:
+        """Mean distance of each member to all `members` (itself included, as in the paper)."""
+        out = np.empty(members.size, dtype=np.float64)
+        step = max(1, _BLOCK_ELEMENTS // max(members.size, 1))
+        for start in range(0, members.size, step):
+            rows = members[start : start + step]
+            if self.full is not None:
+                out[start : start + step] = np.take(self.full[rows], members, axis=1).sum(axis=1, dtype=np.float64)
+            else:
+                out[start : start + step] = self.block(rows, members).sum(axis=1, dtype=np.float64)
+        return out / members.size
+
+
+def _merge_nearest(nearest, dists: ClusterDistances, rows, new_members, k):
     """Fold the distances from `rows` to `new_members` into each row's k smallest (in place)."""
     step = max(1, _BLOCK_ELEMENTS // (k + new_members.size))
-    b, b_sq = points[new_members], sq[new_members]
     for start in range(0, rows.size, step):
-        part = rows[start : start + step]
-        block = pairwise_dist(points[part], b, a_sq=sq[part], b_sq=b_sq)
+        block = dists.block(rows[start : start + step], new_members)
         merged = np.concatenate([nearest[start : start + step], block], axis=1)
         if merged.shape[1] > k:
             merged = np.partition(merged, k - 1, axis=1)[:, :k]
         nearest[start : start + step] = merged
 
 
-def denoise_cluster(points: np.ndarray, core_pos: int, *, k: int, ring_fraction: float, removal_fraction: float):
-    """Step 2 for one cluster.  `points` are the cluster's features (rows in ascending sample id
-    order), `core_pos` the core's row.  Returns (ring_level (n,), removed mask (n,)).
+def denoise_cluster(dists: ClusterDistances, core_pos: int, *, k: int, ring_fraction: float, removal_fraction: float):
+    """Step 2 for one cluster (rows in ascending sample id order; `core_pos` is the core's row).
+    Returns (ring_level (n,), removed mask (n,)).
 
     Ties (equal distances or densities) go to the lower sample id, so results are reproducible.
     """
-    n = points.shape[0]
+    n = dists.points.shape[0]
     levels = np.zeros(n, dtype=np.int32)
     removed = np.zeros(n, dtype=bool)
     if n < MIN_DENOISE_SIZE:
         return levels, removed
     ring_size = max(1, int(math.floor(ring_fraction * n + 1e-9)))
-    sq = sq_norms(points)
-    to_core = pairwise_dist(points, points[core_pos : core_pos + 1], a_sq=sq, b_sq=sq[core_pos : core_pos + 1])[:, 0]
+    to_core = dists.to_one(np.arange(n), core_pos)
     to_core[core_pos] = -1.0  # the core opens ring 1 even when it has exact duplicates
     order = np.argsort(to_core, kind="stable")
     ring = order[:ring_size]
@@ -134,7 +174,7 @@ def denoise_cluster(points: np.ndarray, core_pos: int, *, k: int, ring_fraction:
     unringed = np.sort(order[ring_size:])
     nearest = np.full((unringed.size, k), np.inf, dtype=np.float32)
     if unringed.size:
-        _merge_nearest(nearest, points, sq, unringed, ring, k)
+        _merge_nearest(nearest, dists, unringed, ring, k)
     grown = ring_size
     level = 1
     while unringed.size:
@@ -151,7 +191,7 @@ def denoise_cluster(points: np.ndarray, core_pos: int, *, k: int, ring_fraction:
         keep[chosen] = False
         unringed, nearest = unringed[keep], nearest[keep]
         if unringed.size:
-            _merge_nearest(nearest, points, sq, unringed, ring, k)
+            _merge_nearest(nearest, dists, unringed, ring, k)
         grown += take
     n_removed = int(math.floor(removal_fraction * n + 1e-9))
     if n_removed:
@@ -204,33 +244,21 @@ def split_budget(sizes: np.ndarray, budget: int) -> np.ndarray:
     return alloc
 
 
-def cluster_inner_means(points: np.ndarray) -> np.ndarray:
-    """Mean distance of each row to all rows of the cluster (itself included, as in the paper)."""
-    n = points.shape[0]
-    sq = sq_norms(points)
-    out = np.empty(n, dtype=np.float64)
-    step = max(1, _BLOCK_ELEMENTS // max(n, 1))
-    for start in range(0, n, step):
-        block = pairwise_dist(points[start : start + step], points, a_sq=sq[start : start + step], b_sq=sq)
-        out[start : start + step] = block.sum(axis=1, dtype=np.float64) / n
-    return out
-
-
-def boundary_picks(points, core_pos, picks_wanted, outer, opponent, n_clusters, opponent_penalty):
-    """Step 4 for one cluster (rows in ascending sample id order).  Returns (positions, scores,
+def boundary_picks(dists: ClusterDistances, members: np.ndarray, core_pos, picks_wanted, outer, opponent, n_clusters, opponent_penalty):
+    """Step 4 for one cluster.  `members` are the kept rows of `dists` (ascending sample ids),
+    `core_pos` the core's index into `members`.  Returns (indices into `members`, scores,
     opponents) in pick order; the core comes first with score NaN and opponent -1."""
     positions, scores, opponents = [core_pos], [np.nan], [-1]
-    n = points.shape[0]
+    n = members.size
     if picks_wanted <= 1:
         return positions, scores, opponents
-    inner = cluster_inner_means(points)
-    sq = sq_norms(points)
+    inner = dists.row_means(members)
     penalty = np.ones(n_clusters, dtype=np.float64)
     drop = n // picks_wanted
     candidates = np.arange(n)
     last = core_pos
     for _ in range(picks_wanted - 1):
-        to_last = pairwise_dist(points[candidates], points[last : last + 1], a_sq=sq[candidates], b_sq=sq[last : last + 1])[:, 0]
+        to_last = dists.to_one(members[candidates], int(members[last]))
         to_last[candidates == last] = -np.inf  # the last pick always leaves the candidates
         survivors = np.argsort(to_last, kind="stable")[drop:]
         candidates = np.sort(candidates[survivors])
@@ -255,40 +283,42 @@ def _bilaf_default(features, core_indices, budget, ctx, *, density_neighbors, re
         bounds = np.searchsorted(cluster[order], np.arange(k_cores + 1))
     ctx.progress(0.62, "assigned samples to pseudo-class centres")
 
+    with ctx.stage("allocate"):
+        # Denoising drops exactly ⌊p_rm·n⌋ members of every cluster of n ≥ 10, so the denoised
+        # sizes — and the budget split — are known before any ring is grown.  That lets each
+        # cluster be denoised and picked in one visit, with its distance matrix computed once.
+        cluster_sizes = np.diff(bounds)
+        sizes = np.where(
+            cluster_sizes >= MIN_DENOISE_SIZE,
+            cluster_sizes - np.floor(removal_fraction * cluster_sizes + 1e-9).astype(np.int64),
+            cluster_sizes,
+        )
+        allocation = split_budget(sizes, budget)
+
     ring_level = np.zeros(n, dtype=np.int32)
     removed = np.zeros(n, dtype=bool)
-    with ctx.stage("denoise"):
+    picks, scores, opponents, pick_cluster = [], [], [], []
+    with ctx.stage("denoise+boundary"):
         for c in range(k_cores):
-            members = order[bounds[c] : bounds[c + 1]]
+            members = order[bounds[c] : bounds[c + 1]]  # ascending sample ids
+            dists = ClusterDistances(features[members])
             core_pos = int(np.searchsorted(members, core_indices[c]))
             levels, drop = denoise_cluster(
-                features[members], core_pos, k=density_neighbors, ring_fraction=ring_fraction, removal_fraction=removal_fraction
+                dists, core_pos, k=density_neighbors, ring_fraction=ring_fraction, removal_fraction=removal_fraction
             )
             ring_level[members] = levels
             removed[members] = drop
-            if c % max(1, k_cores // 50) == 0:
-                ctx.progress(0.62 + 0.23 * (c + 1) / k_cores, f"denoising cluster {c + 1}/{k_cores}")
-
-    with ctx.stage("allocate"):
-        kept_order = order[~removed[order]]
-        kept_bounds = np.searchsorted(cluster[kept_order], np.arange(k_cores + 1))
-        sizes = np.diff(kept_bounds)
-        allocation = split_budget(sizes, budget)
-
-    picks, scores, opponents, pick_cluster = [], [], [], []
-    with ctx.stage("boundary"):
-        for c in range(k_cores):
-            members = kept_order[kept_bounds[c] : kept_bounds[c + 1]]
-            core_pos = int(np.searchsorted(members, core_indices[c]))
+            kept = np.flatnonzero(~drop)  # rows of `dists`, ascending ids
+            core_kept = int(np.searchsorted(kept, core_pos))
             pos, sc, opp = boundary_picks(
-                features[members], core_pos, int(allocation[c]), outer[members], opponent[members], k_cores, opponent_penalty
+                dists, kept, core_kept, int(allocation[c]), outer[members[kept]], opponent[members[kept]], k_cores, opponent_penalty
             )
-            picks.extend(members[pos])
+            picks.extend(members[kept[pos]])
             scores.extend(sc)
             opponents.extend(opp)
             pick_cluster.extend([c] * len(pos))
             if c % max(1, k_cores // 50) == 0:
-                ctx.progress(0.85 + 0.15 * (c + 1) / k_cores, f"boundary picks in cluster {c + 1}/{k_cores}")
+                ctx.progress(0.62 + 0.38 * (c + 1) / k_cores, f"denoising and picking in cluster {c + 1}/{k_cores}")
     return picks, scores, opponents, pick_cluster, cluster, ring_level, removed, allocation, sizes
 
 
