@@ -28,19 +28,18 @@ def add_parser(subparsers) -> None:
         "select",
         help="select a budget of samples from a feature file (BiLAF, ActiveFT or a baseline)",
         description="Select B samples from an N x D feature array.  Options a method does not take are rejected.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--features", required=True, help="N x D float array (.npy) or a feature-set folder")
     parser.add_argument("--method", required=True, choices=available_methods(), metavar="NAME", help="one of: " + ", ".join(available_methods()))
     parser.add_argument("--budget", required=True, help="number of picks, or a percentage of the pool such as 2%%")
     parser.add_argument("--out", required=True, help="picks.json: a JSON list of pool indices in pick order")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same inputs + seed -> same picks)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same inputs + seed -> same picks; default 0)")
     parser.add_argument("--diagnostics", help="also write the method's diagnostics (cluster, ring level, scores…) to this .npz")
     group = parser.add_argument_group("method options (each method takes its own; see `--method NAME` docs in the README)")
     for param in _method_options().values():
         metavar = {"indices": "FILE.json", "array": "FILE.npy"}.get(param.kind, param.kind.upper())
         default = "" if param.default is None else f" (default {param.default})"
-        group.add_argument(param.flag, dest=f"opt_{param.name}", metavar=metavar, default=None, help=param.help + default)
+        group.add_argument(param.flag, dest=f"opt_{param.name}", metavar=metavar, default=None, help=(param.help + default).replace("%", "%%"))
     parser.set_defaults(func=run)
 
 
@@ -85,8 +84,6 @@ def run(args) -> int:
             except Exception as exc:
                 raise BilafError(f"{param.flag} file {target} is not a readable .npy array ({exc})") from None
         options[name] = value
-    if spec.name not in ("bilaf",) and "compat" in options and "compat" not in spec.defaults():
-        raise BilafError(f"--compat applies to bilaf and activeft, not {spec.name}")
     selection = run_selection(args.method, features, args.budget, seed=args.seed, **options)
     out = Path(args.out)
     selection.save(out, args.diagnostics)

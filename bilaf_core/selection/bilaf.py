@@ -341,13 +341,22 @@ def _reference_assign(features64, core_indices, chunk=4096):
     return cluster
 
 
-def _reference_denoise(points64, core_pos, k, ring_fraction, removal_fraction):
-    """Returns (kept positions in the reference's list order, ring levels)."""
-    n = points64.shape[0]
+def _reference_kept_size(n: int, ring_fraction: float, removal_fraction: float) -> int:
+    """How many members the reference keeps: its rings cover r·⌊n/r⌋ members (the rest are never
+    ringed and vanish), then it truncates with Python's float arithmetic."""
+    if n < MIN_DENOISE_SIZE:
+        return n
+    ring_size = int(n * ring_fraction) or 1
+    return int(ring_size * int(n / ring_size) * (1 - removal_fraction))
+
+
+def _reference_denoise(dist, core_pos, k, ring_fraction, removal_fraction):
+    """`dist` is the class's cdist matrix.  Returns (kept positions in the reference's list
+    order, ring levels)."""
+    n = dist.shape[0]
     levels = np.zeros(n, dtype=np.int32)
     if n < MIN_DENOISE_SIZE:
         return np.arange(n), levels
-    dist = _cdist(points64, points64)
     ring_size = int(n * ring_fraction) or 1
     positions = np.arange(n)
     grown = list(np.lexsort((positions, dist[core_pos]))[:ring_size])
@@ -386,25 +395,10 @@ def _bilaf_reference(features, core_indices, budget, ctx, *, density_neighbors, 
         cluster = _reference_assign(features64, core_indices)
         order = np.argsort(cluster, kind="stable")
         bounds = np.searchsorted(cluster[order], np.arange(k_cores + 1))
-    ring_level = np.zeros(n, dtype=np.int32)
-    removed = np.ones(n, dtype=bool)
-    class_lists = []
-    with ctx.stage("denoise"):
-        for c in range(k_cores):
-            members = order[bounds[c] : bounds[c + 1]]
-            where = np.flatnonzero(members == core_indices[c])
-            if where.size == 0:
-                raise BilafError(
-                    f"compat=reference: core {int(core_indices[c])} is not nearest to itself (an identical core comes "
-                    "first), where the reference implementation fails its assertion; remove duplicate cores or use the default mode"
-                )
-            kept, levels = _reference_denoise(features64[members], int(where[0]), density_neighbors, ring_fraction, removal_fraction)
-            ring_level[members] = levels
-            class_lists.append(members[kept])
-            removed[members[kept]] = False
-            ctx.progress(0.62 + 0.23 * (c + 1) / k_cores, f"denoising cluster {c + 1}/{k_cores}")
     with ctx.stage("allocate"):
-        sizes = np.array([lst.size for lst in class_lists], dtype=np.int64)
+        sizes = np.array(
+            [_reference_kept_size(int(m), ring_fraction, removal_fraction) for m in np.diff(bounds)], dtype=np.int64
+        )
         allocation = _reference_split(sizes, budget)
         if (allocation == 0).any():
             c = int(np.flatnonzero(allocation == 0)[0])
@@ -418,17 +412,30 @@ def _bilaf_reference(features, core_indices, budget, ctx, *, density_neighbors, 
                 f"compat=reference: pseudo-class {c} gets {int(allocation[c])} picks for {int(sizes[c])} members, where the "
                 "reference implementation returns duplicate picks; lower the budget or use the default mode"
             )
+    ring_level = np.zeros(n, dtype=np.int32)
+    removed = np.ones(n, dtype=bool)
     cores64 = features64[core_indices]
     picks, scores, opponents, pick_cluster = [], [], [], []
-    with ctx.stage("boundary"):
-        for c, members in enumerate(class_lists):
-            points = features64[members]
-            inner_dist = _cdist(points, points)
+    with ctx.stage("denoise+boundary"):
+        for c in range(k_cores):
+            members = order[bounds[c] : bounds[c + 1]]
+            where = np.flatnonzero(members == core_indices[c])
+            if where.size == 0:
+                raise BilafError(
+                    f"compat=reference: core {int(core_indices[c])} is not nearest to itself (an identical core comes "
+                    "first), where the reference implementation fails its assertion; remove duplicate cores or use the default mode"
+                )
+            # One cdist per class serves both steps: the reference recomputes the same values.
+            class_dist = _cdist(features64[members], features64[members])
+            kept, levels = _reference_denoise(class_dist, int(where[0]), density_neighbors, ring_fraction, removal_fraction)
+            ring_level[members] = levels
+            removed[members[kept]] = False
+            inner_dist = np.take(class_dist[kept], kept, axis=1)
             inner = np.array([np.mean(row) for row in inner_dist])
-            outer_dist = _cdist(points, cores64)
+            outer_dist = _cdist(features64[members[kept]], cores64)
             outer_dist[:, c] = 1e9 + 7
             outer, opponent = outer_dist.min(axis=1), outer_dist.argmin(axis=1)
-            where = np.flatnonzero(members == core_indices[c])
+            where = np.flatnonzero(members[kept] == core_indices[c])
             if where.size == 0:
                 raise BilafError(
                     f"compat=reference: core {int(core_indices[c])} was removed as noise, where the reference implementation "
@@ -437,8 +444,8 @@ def _bilaf_reference(features, core_indices, budget, ctx, *, density_neighbors, 
             core_pos = int(where[0])
             chosen, chosen_scores, chosen_opp = [core_pos], [np.nan], [-1]
             penalty = np.ones(k_cores, dtype=np.float64)
-            drop = int(members.size / allocation[c])
-            candidates = np.arange(members.size)
+            drop = int(kept.size / allocation[c])
+            candidates = np.arange(kept.size)
             while len(chosen) < allocation[c]:
                 node = chosen[-1]
                 candidates = candidates[np.lexsort((candidates, inner_dist[node, candidates]))][drop:]
@@ -456,11 +463,11 @@ def _bilaf_reference(features, core_indices, budget, ctx, *, density_neighbors, 
                 chosen.append(node)
                 chosen_scores.append(float(score[best]))
                 chosen_opp.append(int(opponent[node]))
-            picks.extend(members[chosen])
+            picks.extend(members[kept[chosen]])
             scores.extend(chosen_scores)
             opponents.extend(chosen_opp)
             pick_cluster.extend([c] * len(chosen))
-            ctx.progress(0.85 + 0.15 * (c + 1) / k_cores, f"boundary picks in cluster {c + 1}/{k_cores}")
+            ctx.progress(0.62 + 0.38 * (c + 1) / k_cores, f"denoising and picking in cluster {c + 1}/{k_cores}")
     return picks, scores, opponents, pick_cluster, cluster, ring_level, removed, allocation, sizes
 
 
