@@ -138,8 +138,12 @@ def _ensure_loaded() -> None:
 
 
 def available_methods() -> list[str]:
+    """Registered method names, the flagship first (see ``_builtin.DISPLAY_ORDER``)."""
     _ensure_loaded()
-    return list(_REGISTRY)
+    from ._builtin import DISPLAY_ORDER
+
+    rank = {name: i for i, name in enumerate(DISPLAY_ORDER)}
+    return sorted(_REGISTRY, key=lambda name: (rank.get(name, len(rank)), name))
 
 
 def get_method(name: str) -> MethodSpec:
@@ -308,6 +312,7 @@ def run_selection(
         raise BilafError(f"{method} does not take {', '.join(unknown)}; its options: {allowed}")
     params = {p.name: p.coerce(options.get(p.name, p.default), method) for p in spec.params}
     ctx = RunContext(seed, progress)
+    ctx.progress(0.0, f"{method}: selecting {budget_count} of {n_pool}")
     start = time.perf_counter()
     indices, diagnostics = spec.fn(features, budget_count, ctx, **params)
     ctx.timings["total"] = time.perf_counter() - start

@@ -512,11 +512,11 @@ def select_bilaf(
             raise BilafError(f"budget {budget} is smaller than the {core_indices.size} core indices; the budget counts the cores")
         core_diagnostics = {}
     else:
+        if budget < 2:
+            raise BilafError("BiLAF needs a budget of at least 2 (two pseudo-class centres); use another method for one pick")
         k_cores = default_core_budget(budget, n) if core_budget is None else int(core_budget)
         if k_cores > budget:
             raise BilafError(f"budget {budget} is smaller than the core count {k_cores}; raise the budget or lower --core-budget")
-        if budget < 2:
-            raise BilafError("BiLAF needs a budget of at least 2 (two pseudo-class centres); use another method for one pick")
         child = _child_context(ctx, 0.0, 0.6)
         core_indices, core_diagnostics = activeft_optimize(
             features, k_cores, child, compat="reference" if reference else "none", **core_options
