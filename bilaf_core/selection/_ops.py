@@ -118,3 +118,234 @@ def kmeans(x: np.ndarray, k: int, *, seed: int, niter: int = 20, nredo: int = 1,
     centroids = km.centroids.copy()
     assign, dist, _, _ = nearest_rows(x, centroids)
     return centroids, assign, dist
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for the baseline methods (coreset, fds, fisher, k-means seeding, multi-round options)
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_initial(initial, n_pool: int, budget: int, method: str) -> np.ndarray:
+    """Check an ``initial_indices`` option (picks made in earlier rounds) and that ``budget`` new
+    picks still fit in the rest of the pool.  Returns the indices as int64 (empty when None)."""
+    from ..errors import BilafError
+    from .base import check_indices
+
+    if initial is None:
+        return np.empty(0, dtype=np.int64)
+    initial = check_indices(np.asarray(initial).reshape(-1), n_pool, what=f"{method}: --initial-indices")
+    free = n_pool - initial.size
+    if budget > free:
+        raise BilafError(
+            f"{method}: budget {budget} plus {initial.size} already-picked samples exceeds the pool of "
+            f"{n_pool}; lower the budget to at most {free} or pass fewer --initial-indices"
+        )
+    return initial
+
+
+def farthest_first(
+    x: np.ndarray,
+    n_picks: int,
+    *,
+    initial: np.ndarray | None = None,
+    first: int | None = None,
+    progress=None,
+    chunk: int = DEFAULT_CHUNK,
+    choose=None,
+):
+    """Greedy k-center / farthest-first traversal in euclidean distance.
+
+    Starts from the centres ``initial`` (pool indices) or, when there are none, from the single
+    sample ``first``; then repeatedly adds the sample whose distance to its nearest centre is
+    largest.  The running minimum distance is updated with one matrix-vector product per pick.
+    Only rows whose minimum *can* shrink are recomputed: by the triangle inequality a new centre
+    c can be closer to x than x's current centre o only if d(o, c) < 2·d(x, o), so rows with
+    d(o, c)² ≥ 4·d(x, o)² (plus a rounding margin) are skipped.  This is exact, and after the
+    first few dozen picks it skips most of the pool.
+
+    Returns ``(picks (n_picks,), d2_at_pick (n_picks,), radius2 (n_picks,), min_d2 (N,))``:
+    the new picks in order (``first`` is picks[0] when given), each pick's squared distance to
+    its nearest earlier centre (NaN for ``first``), the squared cover radius (max over the pool
+    of the squared distance to the nearest centre) after each pick, and the final squared
+    distance of every sample to its nearest centre (0 for centres).
+
+    ``choose(min_d2) -> index`` replaces the argmax rule (``min_d2`` is −inf at centres); k-means++
+    seeding passes a D²-sampler here and reuses the same pruned distance updates.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[0]
+    x_sq = sq_norms(x)
+    initial = np.empty(0, dtype=np.int64) if initial is None else np.asarray(initial, dtype=np.int64)
+    if initial.size == 0 and first is None:
+        raise ValueError("farthest_first needs initial centres or a first sample")
+    n_centres = initial.size + n_picks
+    centres = np.empty((n_centres, x.shape[1]), dtype=np.float32)
+    centres_sq = np.empty(n_centres, dtype=np.float32)
+    # rounding margin for the pruning test: float32 squared distances computed through
+    # ||a||² + ||b||² − 2ab carry an absolute error of a few ulps of the largest squared norm.
+    tol = 1e-5 * 4.0 * float(x_sq.max(initial=0.0))
+
+    picks = np.empty(n_picks, dtype=np.int64)
+    d2_at_pick = np.full(n_picks, np.nan, dtype=np.float32)
+    radius2 = np.empty(n_picks, dtype=np.float32)
+    taken = np.zeros(n, dtype=bool)
+
+    if initial.size:
+        centres[: initial.size] = x[initial]
+        centres_sq[: initial.size] = x_sq[initial]
+        owner, dist, _, _ = nearest_rows(x, centres[: initial.size], chunk=chunk)
+        min_d2 = dist.astype(np.float32) ** 2
+        n_c = initial.size
+        taken[initial] = True
+        start = 0
+    else:
+        c = x[first]
+        min_d2 = np.maximum(x_sq + x_sq[first] - 2.0 * (x @ c), 0).astype(np.float32)
+        owner = np.zeros(n, dtype=np.int64)
+        centres[0] = c
+        centres_sq[0] = x_sq[first]
+        n_c = 1
+        picks[0] = first
+        taken[first] = True
+        start = 1
+    # centres are marked −inf so argmax never returns them again and the pruning test below never
+    # selects them (duplicates of a centre stay at 0 and remain pickable)
+    min_d2[taken] = -np.inf
+    if start:
+        radius2[0] = max(float(min_d2.max()), 0.0)
+
+    step = max(1, n_picks // 100)
+    for t in range(start, n_picks):
+        i = int(np.argmax(min_d2)) if choose is None else int(choose(min_d2))
+        d2_at_pick[t] = min_d2[i]
+        picks[t] = i
+        taken[i] = True
+        c = x[i]
+        c_sq = x_sq[i]
+        # squared distance of the new centre to every existing centre (small: n_c × D)
+        cc2 = np.maximum(centres_sq[:n_c] + c_sq - 2.0 * (centres[:n_c] @ c), 0)
+        centres[n_c] = c
+        centres_sq[n_c] = c_sq
+        maybe = 4.0 * min_d2 + tol >= cc2[owner]
+        n_maybe = int(np.count_nonzero(maybe))
+        if n_maybe * 4 >= n:
+            # Most rows are candidates (typical early on, and in high dimension where distances
+            # concentrate): a contiguous matrix-vector product over the whole pool is several
+            # times faster than gathering the candidate rows first.
+            d2 = x_sq + c_sq - 2.0 * (x @ c)
+            better = d2 < min_d2
+        else:
+            cand = np.flatnonzero(maybe)
+            d2 = x_sq[cand] + c_sq - 2.0 * (x[cand] @ c)
+            better = np.zeros(n, dtype=bool)
+            better[cand] = d2 < min_d2[cand]
+            d2_full = np.empty(n, dtype=np.float32)
+            d2_full[cand] = d2
+            d2 = d2_full
+        min_d2[better] = np.maximum(d2[better], 0)
+        owner[better] = n_c
+        n_c += 1
+        min_d2[i] = -np.inf
+        radius2[t] = max(float(min_d2.max()), 0.0)
+        if progress is not None and (t % step == 0):
+            progress(t / n_picks)
+    final = np.maximum(min_d2, 0)
+    return picks, d2_at_pick, radius2, final
+
+
+def ip_topk(database: np.ndarray, queries: np.ndarray, k: int, *, chunk: int = 16384):
+    """Exact top-k rows of `database` by inner product for each query (faiss IndexFlatIP).
+    Returns (similarities (Q, k) descending, ids (Q, k))."""
+    faiss = faiss_module()
+    database = np.ascontiguousarray(database, dtype=np.float32)
+    k = int(min(k, database.shape[0]))
+    index = faiss.IndexFlatIP(database.shape[1])
+    if gpu_count() > 0:  # pragma: no cover - CI has no GPU
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(database)
+    sims = np.empty((queries.shape[0], k), dtype=np.float32)
+    ids = np.empty((queries.shape[0], k), dtype=np.int64)
+    for start in range(0, queries.shape[0], chunk):
+        q = np.ascontiguousarray(queries[start : start + chunk], dtype=np.float32)
+        s, i = index.search(q, k)
+        sims[start : start + chunk] = s
+        ids[start : start + chunk] = i
+    return sims, ids
+
+
+def kmeanspp_seeds(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): a uniform first centre, then each next
+    centre drawn with probability proportional to its squared distance to the nearest chosen one.
+    Returns k distinct row indices.  Uses the pruned updates of `farthest_first`."""
+
+    def d2_sample(min_d2):
+        w = np.maximum(min_d2, 0).astype(np.float64)
+        cum = np.cumsum(w)
+        if cum[-1] <= 0:  # only exact duplicates of the centres are left: any unchosen row
+            return int(np.argmax(min_d2))
+        return int(min(np.searchsorted(cum, rng.random() * cum[-1], side="right"), len(cum) - 1))
+
+    first = int(rng.integers(x.shape[0]))
+    picks, _, _, _ = farthest_first(x, k, first=first, choose=d2_sample)
+    return picks
+
+
+def kmeanspp_init(x: np.ndarray, k: int, rng: np.random.Generator, *, seed_sample: int | None = None) -> np.ndarray:
+    """k initial centroids (k, D) by k-means++ seeding.
+
+    Seeding is sequential (one pass over the data per centre, memory-bound), so for large k it
+    runs on a uniform random subsample of ``seed_sample`` rows (default max(8k, 4096)), as
+    scikit-learn's MiniBatchKMeans does; Lloyd's iterations then use the whole pool.
+    """
+    n, k = x.shape[0], int(k)
+    m = max(8 * k, 4096) if seed_sample is None else max(int(seed_sample), k)
+    if n > m:
+        rows = np.sort(rng.choice(n, size=m, replace=False))
+        return x[rows[kmeanspp_seeds(x[rows], k, rng)]]
+    return x[kmeanspp_seeds(x, k, rng)]
+
+
+def lloyd(x: np.ndarray, init: np.ndarray, *, niter: int, seed: int, max_points_per_centroid: int = 256):
+    """faiss Lloyd iterations from the centroids `init`.  Returns (centroids (k, D), objective):
+    the objective is faiss's sum of squared distances at the last assignment step (over its
+    training sample when the pool exceeds k·max_points_per_centroid)."""
+    faiss = faiss_module()
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    k = init.shape[0]
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=int(niter),
+        nredo=1,
+        seed=int(seed) % (2**31 - 1),
+        gpu=gpu_count() > 0,
+        max_points_per_centroid=max_points_per_centroid,
+        # only a warning threshold in faiss; small pools with k close to N are legitimate here
+        min_points_per_centroid=1,
+        verbose=False,
+    )
+    km.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
+    obj = float(km.obj[-1]) if len(km.obj) else float("inf")
+    return km.centroids.copy(), obj
+
+
+def assign_nearest(x: np.ndarray, centroids: np.ndarray):
+    """Nearest centroid of every row and the distance to it (exact faiss 1-NN)."""
+    dist, ids = knn(centroids, x, 1)
+    return ids[:, 0].astype(np.int64), dist[:, 0]
+
+
+def kmeans_pp(x: np.ndarray, k: int, *, seed: int, niter: int = 20, max_points_per_centroid: int = 256,
+              seed_sample: int | None = None):
+    """faiss k-means (Lloyd) started from k-means++ seeds instead of faiss's uniform random ones.
+
+    faiss's random initialisation regularly leaves well-separated groups without a centroid and
+    splits others; k-means++ seeding (see `kmeanspp_init`) makes that unlikely.  Same return
+    values as `kmeans`: (centroids (k, D), assignment (N,), distance to own centroid (N,)).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rng = np.random.default_rng(int(seed))
+    init = kmeanspp_init(x, k, rng, seed_sample=seed_sample)
+    centroids, _ = lloyd(x, init, niter=niter, seed=seed, max_points_per_centroid=max_points_per_centroid)
+    assign, dist = assign_nearest(x, centroids)
+    return centroids, assign, dist
