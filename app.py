@@ -1,0 +1,53 @@
+"""BiLAF Studio — choose, without labels, which images of an unlabeled pool to annotate.
+
+Run:  .venv/bin/streamlit run app.py      (serves on http://127.0.0.1:8501, works offline)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parent
+PAGES = ROOT / "pages"
+
+st.set_page_config(page_title="BiLAF Studio", page_icon=str(ROOT / "assets" / "logo.svg"), layout="wide")
+
+from pages import _common as common  # noqa: E402  (after set_page_config)
+
+pages = {
+    "Workflow": [
+        st.Page(str(PAGES / "data.py"), title="Data & model", icon=":material/dataset:", url_path="data", default=True),
+        st.Page(str(PAGES / "select.py"), title="Select", icon=":material/checklist:", url_path="select"),
+        st.Page(str(PAGES / "map.py"), title="Map", icon=":material/scatter_plot:", url_path="map"),
+        st.Page(str(PAGES / "compare.py"), title="Finetune & compare", icon=":material/leaderboard:", url_path="compare"),
+    ],
+    "Teach": [
+        st.Page(str(PAGES / "learn.py"), title="Learn", icon=":material/school:", url_path="learn"),
+    ],
+}
+nav = st.navigation(pages)
+
+with st.sidebar:
+    st.logo(str(ROOT / "assets" / "logo.svg"), size="large")
+    st.markdown("**BiLAF Studio** · one-shot active finetuning")
+
+
+@st.fragment(run_every=2.0)
+def _running_jobs() -> None:
+    running = common.active_jobs()
+    if not running:
+        return
+    st.caption(f"{len(running)} job{'s' if len(running) > 1 else ''} running")
+    for record in running[:4]:
+        st.progress(float(record.get("progress") or 0.0), text=f"{record.get('title')}: {common.job_progress_line(record)}")
+
+
+with st.sidebar:
+    _running_jobs()
+    root = os.environ.get("BILAF_WORKSPACE") or str(ROOT / "workspace")
+    st.caption(f"Workspace: `{root}`  \nSet `BILAF_WORKSPACE` to use another folder.")
+
+nav.run()

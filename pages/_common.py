@@ -1,0 +1,703 @@
+"""Streamlit helpers shared by the pages: workspace and job access, job progress panels,
+parameter widgets introspected from the method registry, small formatting helpers.
+
+UI only: every computation is a call into ``bilaf_core``.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import streamlit as st
+
+from bilaf_core import jobs as jobs_mod
+from bilaf_core import palette
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+#: how often a page polls a running job (seconds)
+POLL_SECONDS = 1.0
+
+
+# --------------------------------------------------------------------------- assets and text
+
+
+@st.cache_data(show_spinner=False)
+def asset_text(relative: str) -> str:
+    path = ASSETS / relative
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+def param_title(param) -> str:
+    return param.name.replace("_", " ")
+
+
+def method_chip(method: str, label: str | None = None) -> str:
+    """An inline coloured badge (HTML) for a method, in its palette colour."""
+    color = palette.method_color(method)
+    text = html.escape(label or palette.method_label(method))
+    return (
+        f"<span style='display:inline-block;padding:1px 8px;border-radius:10px;background:{color};"
+        f"color:white;font-size:0.85em;font-weight:600'>{text}</span>"
+    )
+
+
+def fmt_size(n_bytes: float | None) -> str:
+    if n_bytes is None:
+        return "—"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1024 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.1f} GB"
+
+
+def fmt_time(ts: Any) -> str:
+    """ISO string or epoch seconds -> 'YYYY-MM-DD HH:MM'."""
+    if ts is None or ts == "":
+        return "—"
+    if isinstance(ts, (int, float)):
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+    text = str(ts)
+    return text[:16].replace("T", " ")
+
+
+# --------------------------------------------------------------------------- workspace and jobs
+
+
+def workspace():
+    """The workspace for this server (``$BILAF_WORKSPACE`` or ``<project>/workspace``)."""
+    from bilaf_core.workspace import Workspace
+
+    root = os.environ.get("BILAF_WORKSPACE") or None
+    return _workspace_for(root)
+
+
+@st.cache_resource(show_spinner=False)
+def _workspace_for(root: str | None):
+    from bilaf_core.workspace import Workspace
+
+    return Workspace(root)
+
+
+def job_manager() -> jobs_mod.JobManager:
+    ws = workspace()
+    return jobs_mod.get_manager(Path(ws.root) / "jobs")
+
+
+def job_progress_line(record: dict) -> str:
+    pct = 100 * float(record.get("progress") or 0.0)
+    parts = [f"{pct:.0f}%", record.get("message") or ""]
+    if record.get("elapsed_s") is not None:
+        parts.append(f"elapsed {jobs_mod.format_duration(record['elapsed_s'])}")
+    if record.get("eta_s") is not None:
+        parts.append(f"about {jobs_mod.format_duration(record['eta_s'])} left")
+    return " · ".join(p for p in parts if p)
+
+
+def show_job(job_id: str | None, *, key: str, on_done: Callable[[dict], None] | None = None, title: str | None = None) -> dict | None:
+    """A live panel for one job: progress bar, message, ETA and a Cancel button, refreshed by a
+    fragment every second while the job runs; when it finishes the whole page reruns once so
+    the result appears.  Returns the record as of this run."""
+    if not job_id:
+        return None
+    manager = job_manager()
+    record = manager.get(job_id)
+    if record is None:
+        return None
+    if record["status"] in jobs_mod.ACTIVE:
+        _job_fragment(job_id, key, title)
+    else:
+        _job_outcome(record, key, on_done)
+    return record
+
+
+def _job_outcome(record: dict, key: str, on_done) -> None:
+    status = record["status"]
+    label = record.get("title") or record.get("kind")
+    took = jobs_mod.format_duration(record.get("elapsed_s"))
+    if status == jobs_mod.DONE:
+        if on_done is not None:
+            on_done(record)
+        else:
+            st.success(f"{label}: done in {took}.")
+    elif status == jobs_mod.CANCELLED:
+        st.warning(f"{label}: cancelled after {took}. Nothing was saved; start it again when you are ready.")
+    elif status == jobs_mod.INTERRUPTED:
+        st.warning(f"{label}: {record.get('message')}")
+    else:
+        st.error(f"{label} failed: {record.get('error')}")
+        if record.get("traceback"):
+            with st.expander("details for a bug report"):
+                st.code(record["traceback"])
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _job_fragment(job_id: str, key: str, title: str | None) -> None:
+    manager = job_manager()
+    record = manager.get(job_id)
+    if record is None:
+        return
+    if record["status"] not in jobs_mod.ACTIVE:
+        # finished since the last tick: rerun the page so its result shows everywhere
+        st.rerun(scope="app")
+    label = title or record.get("title") or record.get("kind")
+    cols = st.columns([5, 1], vertical_alignment="center")
+    with cols[0]:
+        st.progress(float(record.get("progress") or 0.0), text=f"**{html.escape(label)}** — {job_progress_line(record)}")
+    with cols[1]:
+        if st.button("Cancel", key=f"cancel_{key}_{job_id}", width="stretch"):
+            manager.cancel(job_id)
+            st.toast("Cancelling… the job stops at its next checkpoint.")
+
+
+def active_jobs() -> list[dict]:
+    try:
+        return job_manager().list(active_only=True)
+    except Exception:  # the workspace may not be importable yet on a half-installed machine
+        return []
+
+
+# --------------------------------------------------------------------------- method parameters
+
+
+def param_widget(method: str, param, *, key: str, value: Any = None):
+    """One input for a declared method parameter, with its help text (from the registry) as a
+    caption and the paper's default as the initial value.  Returns the chosen value."""
+    title = param_title(param)
+    k = f"{key}_{method}_{param.name}"
+    default = param.default if value is None else value
+    if param.choices is not None:
+        choices = list(param.choices)
+        out = st.selectbox(title, choices, index=choices.index(default) if default in choices else 0, key=k, help=param.help)
+    elif param.kind == "bool":
+        out = st.checkbox(title, value=bool(default), key=k, help=param.help)
+    elif param.kind == "int":
+        kwargs = {}
+        if param.minimum is not None:
+            kwargs["min_value"] = int(param.minimum) + (1 if param.exclusive_minimum else 0)
+        if param.maximum is not None:
+            kwargs["max_value"] = int(param.maximum)
+        out = st.number_input(title, value=None if default is None else int(default), step=1, key=k, help=param.help,
+                              placeholder="automatic", **kwargs)
+    elif param.kind == "float":
+        kwargs = {}
+        if param.minimum is not None:
+            kwargs["min_value"] = float(param.minimum)
+        if param.maximum is not None:
+            kwargs["max_value"] = float(param.maximum)
+        out = st.number_input(title, value=None if default is None else float(default), key=k, help=param.help,
+                              format="%.4g", placeholder="automatic", **kwargs)
+    else:  # str without choices
+        out = st.text_input(title, value="" if default is None else str(default), key=k, help=param.help) or None
+    st.caption(param.help)
+    return out
+
+
+def editable_params(spec, *, skip: tuple[str, ...] = ()) -> list:
+    """Parameters the app exposes as widgets (indices/arrays come from other screens)."""
+    return [p for p in spec.params if p.kind not in ("indices", "array") and p.name not in skip]
+
+
+# --------------------------------------------------------------------------- feature sets, selections
+
+
+_ARRAYS: dict[tuple, Any] = {}
+_ARRAYS_LOCK = __import__("threading").Lock()
+_ARRAYS_KEEP = 3
+
+
+def _memo_array(key: tuple, load: Callable[[], Any]):
+    """A tiny process-wide LRU for big read-only arrays (features, maps): shared by every tab,
+    rerun and job thread, so a 300 MB feature matrix is read once, not on every slider move."""
+    with _ARRAYS_LOCK:
+        if key in _ARRAYS:
+            value = _ARRAYS.pop(key)
+            _ARRAYS[key] = value
+            return value
+    value = load()
+    with _ARRAYS_LOCK:
+        _ARRAYS[key] = value
+        while len(_ARRAYS) > _ARRAYS_KEEP:
+            _ARRAYS.pop(next(iter(_ARRAYS)))
+    return value
+
+
+def _stat_key(path: Path) -> tuple:
+    st_ = path.stat()
+    return (str(path), st_.st_size, st_.st_mtime_ns)
+
+
+def load_features(feature_dir: str | os.PathLike):
+    """The (N, D) float32 features of a feature-set folder (memoised, read-only)."""
+    import numpy as np
+
+    path = Path(feature_dir) / "features.npy"
+
+    def load():
+        array = np.load(path, allow_pickle=False)
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        array.setflags(write=False)
+        return array
+
+    return _memo_array(("features",) + _stat_key(path), load)
+
+
+def load_map(feature_dir: str | os.PathLike):
+    """The cached 2-D map of a feature set, or None when it has not been computed yet."""
+    from bilaf_core import projection
+
+    coords_path, _ = projection.projection_paths(feature_dir)
+    if not coords_path.is_file():
+        return None
+    return _memo_array(("map",) + _stat_key(coords_path), lambda: projection.load_projection(feature_dir))
+
+
+def projection_job_key(fs: dict) -> str:
+    from bilaf_core import projection
+
+    return "project:" + projection.projection_key(projection.features_digest(fs["path"]), {})
+
+
+def ensure_projection(fs: dict) -> str | None:
+    """Start computing the map of `fs` unless it is cached or already being computed; return the
+    job id (None when the map is ready)."""
+    from bilaf_core import projection
+
+    if load_map(fs["path"]) is not None:
+        return None
+    path = fs["path"]
+
+    def work(progress):
+        projection.project_feature_set(path, progress=progress)
+        return {"feature_set": fs["id"]}
+
+    return job_manager().submit(
+        "project", f"2-D map of {fs['label']}", work, key=projection_job_key(fs), tags={"feature_set": fs["id"]}
+    )
+
+
+def feature_sets() -> list[dict]:
+    """The workspace's feature sets, newest first, each with `id`, `path`, `n`, `dim`, `label`…"""
+    out = []
+    for row in workspace().list_feature_sets():
+        out.append(describe_feature_set(row))
+    out.sort(key=lambda r: str(r.get("created") or ""), reverse=True)
+    return out
+
+
+def describe_feature_set(row: dict) -> dict:
+    meta = row.get("meta") or {}
+    get = lambda k, default=None: row.get(k, meta.get(k, default))  # noqa: E731
+    dataset = get("dataset") or {}
+    if isinstance(dataset, dict):
+        ds_name = dataset.get("name") or "embeddings"
+        limit = dataset.get("limit")
+        split = dataset.get("split")
+    else:
+        ds_name, limit, split = str(dataset), None, None
+    n = int(get("n", 0) or 0)
+    backbone = get("backbone") or "imported"
+    label = f"{ds_name} · {backbone} · {n:,} images"
+    return {
+        **row,
+        "id": str(row.get("id") or row.get("feature_set_id")),
+        "path": str(row.get("path")),
+        "n": n,
+        "dim": int(get("dim", 0) or 0),
+        "dataset": ds_name,
+        "split": split,
+        "limit": limit,
+        "backbone": backbone,
+        "created": get("created"),
+        "timings": get("timings") or {},
+        "has_labels": bool(get("has_labels", meta.get("labels") is not None if meta else False)),
+        "label": label,
+    }
+
+
+def feature_set_picker(*, key: str) -> dict | None:
+    """Select a feature set (shared across pages); an empty state that says what to do when
+    the workspace has none."""
+    sets = feature_sets()
+    if not sets:
+        st.info(
+            "No feature set yet. Go to **Data & model**, pick a dataset (Fashion-MNIST works offline) and press "
+            "**Extract features** — or upload your own embeddings there."
+        )
+        st.page_link("pages/data.py", label="Data & model", icon=":material/dataset:")
+        return None
+    ids = [s["id"] for s in sets]
+    current = st.session_state.get("feature_set_id")
+    index = ids.index(current) if current in ids else 0
+    chosen = st.selectbox("Feature set", ids, index=index, key=key, format_func=lambda i: sets[ids.index(i)]["label"])
+    st.session_state["feature_set_id"] = chosen
+    return sets[ids.index(chosen)]
+
+
+def selection_title(row: dict) -> str:
+    name = row.get("name") or palette.method_label(str(row.get("method")))
+    budget = row.get("budget")
+    return f"{name} · B={budget}" if budget is not None else name
+
+
+def selections(feature_set_id: str) -> list[dict]:
+    rows = [dict(r) for r in workspace().list_selections(feature_set_id)]
+    rows.sort(key=lambda r: str(r.get("created") or ""), reverse=True)
+    return rows
+
+
+def selection_rows(feature_set_id: str) -> list[dict]:
+    out = []
+    for r in selections(feature_set_id):
+        out.append({
+            "name": r.get("name") or "",
+            "method": palette.method_label(str(r.get("method"))),
+            "budget": r.get("budget"),
+            "seed": r.get("seed"),
+            "edited from": r.get("parent_id") or "",
+            "created": fmt_time(r.get("created")),
+            "id": r.get("id"),
+        })
+    return out
+
+
+def load_selection(selection_id: str):
+    return workspace().load_selection(selection_id)
+
+
+def submit_selection(fs: dict, method: str, budget: int, *, seed: int, options: dict, name: str | None = None) -> str:
+    """Run `method` on `fs` in the background and save the result in the workspace."""
+    import json as _json
+
+    from bilaf_core.selection import get_method, run_selection
+
+    spec = get_method(method)
+    for k, v in options.items():  # fail now, in the page, rather than in the job
+        spec.param(k).coerce(v, method)
+    ws = workspace()
+    path = fs["path"]
+    label = name or palette.method_label(method)
+
+    def work(progress):
+        features = load_features(path)
+        selection = run_selection(method, features, budget, seed=seed, progress=progress, **options)
+        selection_id = ws.save_selection(selection, fs["id"], name=label)
+        return {"selection_id": selection_id, "seconds": selection.timings.get("total")}
+
+    key = "select:" + _json.dumps([fs["id"], method, budget, seed, sorted(options.items())], default=str)
+    return job_manager().submit(
+        "select", f"{label} · B={budget}", work, key=key,
+        params={"method": method, "budget": budget, "seed": seed, **options},
+        tags={"feature_set": fs["id"], "method": method},
+    )
+
+
+def feature_set_meta(fs: dict) -> dict:
+    """meta.json of a feature set (ids, labels, class names, dataset, backbone…)."""
+    import json as _json
+
+    path = Path(fs["path"]) / "meta.json"
+    return _memo_small(("meta",) + _stat_key(path), lambda: _json.loads(path.read_text()))
+
+
+_SMALL: dict[str, dict[tuple, Any]] = {}
+#: entries kept per namespace (key[0]); others default to 32
+_SMALL_KEEP = {"thumb": 512, "bilaf_at_budget": 16, "meta": 16}
+
+
+def _memo_small(key: tuple, load: Callable[[], Any]):
+    """Process-wide LRU per namespace (``key[0]``) for small results shared by every tab."""
+    space = key[0]
+    with _ARRAYS_LOCK:
+        table = _SMALL.setdefault(space, {})
+        if key in table:
+            value = table.pop(key)
+            table[key] = value
+            return value
+    value = load()
+    with _ARRAYS_LOCK:
+        table[key] = value
+        while len(table) > _SMALL_KEEP.get(space, 32):
+            table.pop(next(iter(table)))
+    return value
+
+
+def bilaf_at_budget(fs: dict, selection_id: str, budget: int):
+    """BiLAF re-run at another budget on the cores of a saved BiLAF selection (same seed and
+    options), so only its boundary stage runs.  Memoised per (selection, budget)."""
+    from bilaf_core.selection import get_method, run_selection
+
+    def run():
+        base = load_selection(selection_id)
+        spec = get_method("bilaf")
+        declared = {p.name for p in spec.params}
+        # the recorded options, minus the core choice (given explicitly) and the budget
+        options = {k: v for k, v in (base.params or {}).items() if k in declared and k not in ("core_budget", "core_indices")}
+        features = load_features(fs["path"])
+        return run_selection("bilaf", features, budget, seed=base.seed, core_indices=base.diagnostics["core_indices"], **options)
+
+    return _memo_small(("bilaf_at_budget", fs["path"], selection_id, int(budget)), run)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _dataset_for(path: str, stamp: tuple):
+    from bilaf_core.datasets import dataset_from_meta
+
+    return dataset_from_meta(feature_set_meta({"path": path}))
+
+
+def thumbnails(fs: dict, indices: tuple[int, ...], size: int = 96) -> dict[int, Any] | None:
+    """Thumbnails (PIL images) of pool samples, or None when no images are behind the features."""
+    from bilaf_core.errors import BilafError
+
+    try:
+        dataset = _dataset_for(fs["path"], _stat_key(Path(fs["path"]) / "meta.json"))
+    except (BilafError, FileNotFoundError, OSError, KeyError, TypeError, ValueError):
+        return None
+    out = {}
+    for i in indices:
+        try:
+            out[i] = _memo_small(("thumb", fs["path"], i, size), lambda i=i: dataset.thumbnail(i, size=size))
+        except (BilafError, OSError, IndexError, ValueError):
+            return None
+    return out
+
+
+def point_details(indices, shown, pick_sets: dict[str, set], meta: dict) -> dict[int, dict]:
+    """Per inspected pool index: a short caption for the gallery and a table row with its id,
+    label, cluster, ring level, boundary score and the selections that picked it."""
+    import numpy as np
+
+    ids = meta.get("ids")
+    labels = meta.get("labels")
+    class_names = meta.get("class_names")
+    diag = shown.diagnostics if shown is not None else {}
+    cluster = np.asarray(diag["cluster"]) if "cluster" in diag else None
+    ring = np.asarray(diag["ring_level"]) if "ring_level" in diag else None
+    noise = np.asarray(diag["removed_as_noise"], dtype=bool) if "removed_as_noise" in diag else None
+    score_of = {}
+    if shown is not None and "boundary_score" in diag:
+        for i, s in zip(shown.indices.tolist(), np.asarray(diag["boundary_score"], dtype=float).tolist()):
+            score_of[i] = s
+    out = {}
+    for i in (int(x) for x in indices):
+        label = ""
+        if labels is not None and labels[i] is not None:
+            label = class_names[int(labels[i])] if class_names else str(labels[i])
+        by = [name for name, s in pick_sets.items() if i in s]
+        score = score_of.get(i)
+        row = {
+            "index": i,
+            "id": ids[i] if ids else "",
+            "label": label,
+            "pseudo-class": int(cluster[i]) if cluster is not None else None,
+            "ring level": int(ring[i]) if ring is not None else None,
+            "removed as noise": bool(noise[i]) if noise is not None else None,
+            "boundary score": None if score is None or score != score else round(float(score), 4),
+            "picked by": ", ".join(by),
+        }
+        bits = [f"#{i}"]
+        if cluster is not None:
+            bits.append(f"c{int(cluster[i])}")
+        if ring is not None:
+            bits.append(f"ring {int(ring[i])}")
+        if row["boundary score"] is not None:
+            bits.append(f"s={row['boundary score']:.2f}")
+        if by:
+            bits.append("✓ " + ", ".join(by))
+        out[i] = {"row": row, "caption": " · ".join(bits)}
+    return out
+
+
+# --------------------------------------------------------------------------- datasets, extraction, import
+
+fmt_duration = jobs_mod.format_duration
+
+_DATASET_TITLES = {
+    "fashion-mnist": "Fashion-MNIST (offline)",
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "imagefolder": "Image folder (your images)",
+    "synthetic": "Synthetic shapes (tests, demos)",
+}
+_BACKBONE_TITLES = {
+    "efficientnet-lite0": "EfficientNet-Lite0 · ImageNet (bundled, offline)",
+    "dino-vits16": "DINO ViT-S/16 (the paper's; download or local checkpoint)",
+}
+
+
+def _names(items) -> list[str]:
+    return [item if isinstance(item, str) else getattr(item, "name", str(item)) for item in items]
+
+
+def dataset_names() -> list[str]:
+    from bilaf_core.datasets import available_datasets
+
+    return _names(available_datasets())
+
+
+def backbone_names() -> list[str]:
+    from bilaf_core.backbones import available_backbones
+
+    return _names(available_backbones())
+
+
+def dataset_title(name: str) -> str:
+    return _DATASET_TITLES.get(name, name)
+
+
+def backbone_title(name: str) -> str:
+    return _BACKBONE_TITLES.get(name, name)
+
+
+def dataset_needs_root(name: str) -> bool:
+    return name == "imagefolder"
+
+
+@st.cache_data(show_spinner=False)
+def split_size(name: str) -> int | None:
+    """Images in the dataset's train split, or None when unknown without a download."""
+    from bilaf_core.datasets import get_dataset
+
+    if dataset_needs_root(name):
+        return None
+    try:
+        return len(get_dataset(name))
+    except Exception:  # not available offline, or needs a root: the page shows "all"
+        return None
+
+
+def feature_set_bytes(fs: dict) -> int | None:
+    try:
+        return (Path(fs["path"]) / "features.npy").stat().st_size
+    except OSError:
+        return None
+
+
+def _follow_up(ws, fs_id: str, path: str, label: str) -> None:
+    """After new features: draw the map and run BiLAF at 1% (both in the background)."""
+    fs = describe_feature_set({"id": fs_id, "path": path, "meta": __import__("json").loads((Path(path) / "meta.json").read_text())})
+    ensure_projection(fs)
+    from bilaf_core.selection import resolve_budget
+
+    submit_selection(fs, "bilaf", resolve_budget("1%", fs["n"]) if fs["n"] >= 200 else max(2, fs["n"] // 10), seed=0, options={})
+
+
+def submit_extraction(dataset: str, backbone: str, *, limit: int | None, root: str | None, follow_up: bool) -> str:
+    from bilaf_core.features import extract_features
+
+    ws = workspace()
+    title = f"Extract {dataset_title(dataset).split(' (')[0]} · {backbone} · {'all' if limit is None else f'{limit:,}'} images"
+
+    def work(progress):
+        path = extract_features(dataset, backbone, root=root, limit=limit, cache_root=ws.features_root, progress=progress)
+        fs_id = ws.register_feature_set(path)
+        if follow_up:
+            _follow_up(ws, fs_id, str(path), title)
+        return {"feature_set_id": fs_id, "path": str(path)}
+
+    key = "extract:" + "|".join(map(str, (dataset, backbone, limit, root)))
+    return job_manager().submit("extract", title, work, key=key, params={"dataset": dataset, "backbone": backbone, "limit": limit})
+
+
+def extraction_done(record: dict) -> None:
+    result = record.get("result") or {}
+    st.success(
+        f"{record.get('title')}: done in {fmt_duration(record.get('elapsed_s'))}. "
+        + ("BiLAF and the map are on their way — open the **Map**." if (record.get("params") or {}) else "")
+    )
+    if result.get("feature_set_id"):
+        st.session_state.setdefault("feature_set_id", result["feature_set_id"])
+
+
+def import_embeddings(npy_path: Path, ids_path: Path | None, labels_path: Path | None, *, name: str) -> str:
+    import re
+
+    from bilaf_core import features
+
+    ws = workspace()
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "embeddings"
+    out_dir = Path(ws.features_root) / f"import-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = features.import_embeddings(npy_path, ids_path=ids_path, labels_path=labels_path, out_dir=out_dir)
+    fs_id = ws.register_feature_set(path)
+    fs = next((f for f in feature_sets() if f["id"] == fs_id), None)
+    if fs is not None:
+        ensure_projection(fs)
+    return fs_id
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def page_opened_at() -> float:
+    """When this browser session first ran (failures older than that are not re-announced)."""
+    return st.session_state.setdefault("_opened_at", time.time())
+
+
+def submit_evaluation(fs: dict, selection_id: str, mode: str, *, seed: int, title: str) -> str:
+    from bilaf_core.finetune import evaluate_selection
+
+    ws = workspace()
+    path = fs["path"]
+
+    def work(progress):
+        selection = ws.load_selection(selection_id)
+        result = evaluate_selection(path, selection.indices, mode, seed=seed, progress=progress)
+        evaluation_id = ws.save_evaluation(selection_id, result)
+        return {"evaluation_id": evaluation_id, "accuracy": result.accuracy}
+
+    key = f"evaluate:{selection_id}:{mode}:{seed}"
+    return job_manager().submit("evaluate", title, work, key=key, params={"mode": mode, "seed": seed},
+                                tags={"feature_set": fs["id"], "selection": selection_id})
+
+
+def evaluations(feature_set_id: str) -> list[dict]:
+    """The workspace's evaluations of this feature set's selections, newest first, as flat dicts
+    (selection_id, mode, accuracy, per_class, confusion, class_names, n_train, seconds, created)."""
+    out = []
+    for row in workspace().list_evaluations(feature_set_id=feature_set_id):
+        result = row.get("result") or {}
+        get = lambda k, default=None: row.get(k, result.get(k, default))  # noqa: E731
+        timings = get("timings") or {}
+        out.append({
+            "id": row.get("id"),
+            "selection_id": row.get("selection_id"),
+            "mode": get("mode"),
+            "accuracy": float(get("accuracy")),
+            "per_class": get("per_class"),
+            "confusion": get("confusion"),
+            "class_names": get("class_names"),
+            "n_train": get("n_train"),
+            "seconds": timings.get("total") if isinstance(timings, dict) else None,
+            "created": get("created"),
+        })
+    out.sort(key=lambda r: str(r.get("created") or ""), reverse=True)
+    return out
+
+
+#: pools up to this size re-run BiLAF inline on a budget change (well under a second); larger
+#: ones run it as a background job so the page never freezes
+INLINE_BILAF_LIMIT = 20_000
+
+
+def bilaf_at_budget_ready(fs: dict, selection_id: str, budget: int):
+    """The memoised re-run, or None when it has not been computed yet (no work done here)."""
+    with _ARRAYS_LOCK:
+        return _SMALL.get("bilaf_at_budget", {}).get(("bilaf_at_budget", fs["path"], selection_id, int(budget)))
+
+
+def submit_bilaf_at_budget(fs: dict, selection_id: str, budget: int) -> str:
+    def work(progress):
+        progress(0.0, f"BiLAF boundary stage at B={budget:,}")
+        selection = bilaf_at_budget(fs, selection_id, budget)
+        return {"seconds": selection.timings.get("total"), "budget": budget}
+
+    return job_manager().submit(
+        "rebudget", f"BiLAF at B={budget:,}", work, key=f"rebudget:{selection_id}:{budget}",
+        tags={"feature_set": fs["id"], "selection": selection_id},
+    )

@@ -1,0 +1,104 @@
+"""Select — choose a budget, the methods and their parameters; runs in the background."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from bilaf_core import palette
+from bilaf_core.errors import BilafError
+from bilaf_core.selection import available_methods, get_method, resolve_budget
+from pages import _common as common
+
+st.title("Select")
+st.caption(
+    "Choose how many images to label and which methods choose them. Each method runs as a background job: "
+    "leave the page, reload it or open another tab — results land in the workspace."
+)
+
+fs = common.feature_set_picker(key="select_fs")
+if fs is None:
+    st.stop()
+n_pool = int(fs["n"])
+
+# ------------------------------------------------------------------ budget and cores
+st.subheader("Budget")
+c1, c2, c3 = st.columns([1.2, 1.2, 1])
+with c1:
+    unit = st.radio("Budget as", ["percentage of the pool", "count"], horizontal=True, key="select_budget_unit")
+with c2:
+    if unit == "count":
+        budget_value = st.number_input("images to label", 1, n_pool, min(max(2, n_pool // 100), n_pool), step=10, key="select_budget_count")
+        budget_text = str(int(budget_value))
+    else:
+        pct = st.number_input("% of the pool", 0.01, 100.0, 1.0, step=0.5, format="%.2f", key="select_budget_pct")
+        budget_text = f"{pct:g}%"
+with c3:
+    seed = st.number_input("seed", 0, 2**31 - 1, 0, key="select_seed", help="same inputs + seed = same picks")
+try:
+    budget = resolve_budget(budget_text, n_pool)
+    st.caption(f"**{budget:,}** of {n_pool:,} images ({100 * budget / n_pool:.2f}%).")
+except BilafError as exc:
+    st.error(str(exc))
+    st.stop()
+
+# ------------------------------------------------------------------ methods
+st.subheader("Methods")
+methods_all = available_methods()
+methods = st.multiselect(
+    "Methods to run", methods_all, default=[m for m in ("bilaf",) if m in methods_all], key="select_methods",
+    format_func=palette.method_label,
+    help="BiLAF is the flagship; run baselines too to compare them on the map and in the accuracy table.",
+)
+with st.expander("What each method does"):
+    for m in methods_all:
+        st.markdown(f"{common.method_chip(m)} {get_method(m).summary}", unsafe_allow_html=True)
+
+options: dict[str, dict] = {}
+for method in methods:
+    spec = get_method(method)
+    with st.expander(f"{palette.method_label(method)} parameters", expanded=False):
+        values = {}
+        if method == "bilaf":
+            core_param = spec.param("core_budget")
+            cores = common.param_widget(method, core_param, key="select")
+            values["core_budget"] = cores
+        params = common.editable_params(spec, skip=("core_budget",))
+        cols = st.columns(2)
+        for i, p in enumerate(params):
+            with cols[i % 2]:
+                values[p.name] = common.param_widget(method, p, key="select")
+        if not params and method != "bilaf":
+            st.caption("This method has no parameters besides the budget and the seed.")
+        options[method] = {k: v for k, v in values.items() if v is not None and v != get_method(method).param(k).default}
+
+run = st.button("Run selection", type="primary", disabled=not methods, key="select_run")
+if not methods:
+    st.info("Pick at least one method above.")
+if run:
+    for method in methods:
+        try:
+            common.submit_selection(fs, method, budget, seed=int(seed), options=options.get(method, {}))
+        except BilafError as exc:
+            st.error(f"{palette.method_label(method)}: {exc}")
+    common.ensure_projection(fs)  # the map is needed next: compute it alongside
+    st.rerun()
+
+# ------------------------------------------------------------------ jobs and results
+jobs_here = common.job_manager().list(kind="select", tags={"feature_set": fs["id"]}, limit=12)
+active = [r for r in jobs_here if r["status"] in ("queued", "running")]
+finished_recent = [r for r in jobs_here if r["status"] not in ("queued", "running")][:4]
+if active or finished_recent:
+    st.subheader("Runs")
+for record in active:
+    common.show_job(record["id"], key="select")
+for record in finished_recent:
+    if record["status"] != "done":
+        common.show_job(record["id"], key="select")
+
+st.subheader("Selections on this feature set")
+rows = common.selection_rows(fs["id"])
+if not rows:
+    st.info("No selection yet: choose a budget and methods above and press **Run selection**.")
+else:
+    st.dataframe(rows, hide_index=True, width="stretch", column_config={"method": st.column_config.TextColumn("method")})
+    st.page_link("pages/map.py", label="Open the map", icon=":material/scatter_plot:")
