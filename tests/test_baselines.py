@@ -355,6 +355,19 @@ def test_typiclust_matches_definition():
     assert np.isin(sel1.diagnostics["cluster_of_pick"], small).any()
 
 
+def test_typicality_dense_and_faiss_paths_agree(monkeypatch):
+    from bilaf_core.selection import typiclust
+
+    x, _ = blobs(10, n_per=50, k=3, d=8)
+    xn = _ops.l2_normalize(x)
+    assign = np.repeat(np.arange(3), 50)
+    dense, order_d, _ = typiclust.cluster_typicality(xn, assign, 3, 20)
+    monkeypatch.setattr(typiclust, "_DENSE_MAX", 0)
+    viafaiss, order_f, _ = typiclust.cluster_typicality(xn, assign, 3, 20)
+    np.testing.assert_allclose(dense, viafaiss, rtol=1e-3)
+    assert np.all(dense > 0)
+
+
 def test_typiclust_more_picks_than_clusters_cycles_and_exhausts():
     x, _ = blobs(6, n_per=6, k=4, d=8)  # 24 samples
     sel = run_selection("typiclust", x, 20, seed=0, max_clusters=4)

@@ -13,9 +13,10 @@ High and Low Budgets", ICML 2022, Algorithm 1).
 Differences from the public reference (avihu111/TypiClust, ``deep-al/pycls/al/typiclust.py``),
 read to confirm the details; its code was not copied:
 
-* it drops clusters with size ``> MIN_CLUSTER_SIZE`` *strictly*, so clusters of exactly 5 are
-  skipped although the paper says clusters "smaller than 5"; here sizes >= ``min_cluster_size``
-  are kept;
+* it keeps only clusters with *more than* ``MIN_CLUSTER_SIZE`` = 5 members, so clusters of
+  exactly 5 are dropped too; here clusters with fewer than ``min_cluster_size`` members are the
+  ones skipped, and only while larger clusters still have unpicked samples (it drops them for
+  good);
 * it computes typicality with k = min(20, |remaining cluster| // 2) on the *unlabelled* remainder
   of the cluster, recomputed after every pick; for a cluster of one sample that is k = 0 and a
   mean over an empty array (NaN), and once a cluster runs out of unlabelled samples the next
@@ -40,10 +41,14 @@ from .base import Param, RunContext, register_method
 
 #: guards 1 / mean-distance when a sample has k exact duplicates in its cluster
 _EPS = 1e-8
+#: clusters up to this size get their kNN from one dense distance block (numpy BLAS); larger
+#: ones from faiss.  Hundreds of tiny faiss calls cost more in thread start-up than in arithmetic,
+#: especially on a busy machine.
+_DENSE_MAX = 2048
 
 
 def cluster_typicality(x: np.ndarray, assign: np.ndarray, n_clusters: int, neighbors: int, progress=None):
-    """Typicality of every sample inside its own cluster (exact kNN per cluster with faiss).
+    """Typicality of every sample inside its own cluster (exact kNN per cluster).
 
     Returns ``(typicality (N,) float32, members_by_typicality (N,) int64, starts (K+1,) int64)``:
     the pool indices grouped by cluster (cluster c's members are
@@ -58,9 +63,15 @@ def cluster_typicality(x: np.ndarray, assign: np.ndarray, n_clusters: int, neigh
         members = order[starts[c] : starts[c + 1]]
         k = min(neighbors, members.size - 1)
         xm = x[members]
-        dist, _ = _ops.knn(xm, xm, k + 1)
-        # Column 0 is the sample itself (or an exact duplicate, also at distance 0): drop it.
-        typicality[members] = 1.0 / (dist[:, 1:].mean(axis=1) + _EPS)
+        # The k + 1 nearest include the sample itself at distance 0 (or an exact duplicate, also
+        # at 0); dropping the smallest of them leaves the k nearest others.
+        if members.size <= _DENSE_MAX:
+            near = np.partition(_ops.pairwise_dist(xm, xm), k, axis=1)[:, : k + 1]
+            mean = (near.sum(axis=1) - near.min(axis=1)) / k
+        else:
+            dist, _ = _ops.knn(xm, xm, k + 1)
+            mean = dist[:, 1:].mean(axis=1)
+        typicality[members] = 1.0 / (mean + _EPS)
         if progress is not None:
             progress(starts[c + 1] / n)
     # Within each cluster, most typical first (ties: lower pool index).
