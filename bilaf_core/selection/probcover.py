@@ -51,7 +51,7 @@ from ..errors import BilafError
 from .base import Param, RunContext, register_method
 
 #: samples whose exact d(x) sets the provisional radius U on large pools (see module docstring)
-PURITY_SAMPLE = 4096
+PURITY_SAMPLE = 2048
 #: standard deviations of the binomial bound for U
 _BOUND_SIGMAS = 5.0
 #: most δ-graph edges kept in memory (≈ 20 bytes each at the peak); beyond, lower δ
@@ -72,15 +72,18 @@ def nearest_other_label_d2(x_sorted: np.ndarray, starts: np.ndarray, q_labels: n
     ``starts[a]:starts[a+1]``; so "every other label" is two contiguous slices and the search is an
     exact faiss 1-NN against each.  Returns inf where there is no other label.
     """
+    faiss = _ops.faiss_module()
     out = np.full(xq.shape[0], np.inf, dtype=np.float32)
     labels = np.unique(q_labels)
     n = x_sorted.shape[0]
     for step, a in enumerate(labels):
         rows = np.flatnonzero(q_labels == a)
+        queries = np.ascontiguousarray(xq[rows])
         for lo, hi in ((0, starts[a]), (starts[a + 1], n)):
             if hi > lo:
-                d, _ = _ops.knn(x_sorted[lo:hi], xq[rows], 1)
-                out[rows] = np.minimum(out[rows], d[:, 0] ** 2)
+                # faiss.knn searches the slice in place (no index copy of the pool per label)
+                d2, _ = faiss.knn(queries, x_sorted[lo:hi], 1)
+                out[rows] = np.minimum(out[rows], np.maximum(d2[:, 0], 0))
         if progress is not None:
             progress((step + 1) / labels.size)
     return out
