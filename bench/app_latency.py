@@ -11,7 +11,7 @@ boundary picks) and rebuilds the WebGL figure.  This script times exactly that p
 
 and prints a markdown table.  The browser's WebGL draw (tens of ms for 60 000 points) comes on top.
 
-    python bench/app_latency.py                                   # synthetic 60 000 x 1280 pool
+    python bench/app_latency.py                                   # synthetic 60 000 x 112 pool
     python bench/app_latency.py --feature-dir workspace/features/<set>   # a real feature set
     python bench/app_latency.py --cores activeft                  # real ActiveFT cores (minutes)
 
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--feature-dir", type=Path, help="a feature-set folder (features.npy + meta.json); default: synthetic")
     ap.add_argument("--n", type=int, default=60_000, help="synthetic pool size")
-    ap.add_argument("--dim", type=int, default=1280, help="synthetic feature dimension (EfficientNet-Lite0: 1280)")
+    ap.add_argument("--dim", type=int, default=112, help="synthetic feature dimension (the default EfficientNet-Lite0 blocks.4 features: 112)")
     ap.add_argument("--budgets", default="0.5%,1%,2%,5%", help="budgets to time, comma separated")
     ap.add_argument("--cores", choices=("random", "activeft"), default="random")
     ap.add_argument("--core-budget", type=int, default=None, help="K; default: 0.5%% of the pool")

@@ -79,7 +79,7 @@ def method_label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
-def _soften(hex_color: str, lightness: float = 0.72, saturation: float = 0.45) -> str:
+def _soften(hex_color: str, lightness: float = 0.66, saturation: float = 0.6) -> str:
     r, g, b = (int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5))
     h, _, s = colorsys.rgb_to_hls(r, g, b)
     r, g, b = colorsys.hls_to_rgb(h, lightness, min(s, saturation))

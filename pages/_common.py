@@ -17,6 +17,16 @@ import streamlit as st
 from bilaf_core import jobs as jobs_mod
 from bilaf_core import palette
 
+# Streamlit runs a `pages/` folder beside the main script in its legacy multipage mode until the
+# main script calls st.navigation — so the very first visit to a fresh server straight at /map
+# would run the page alone, without app.py, and list every file of pages/ as a page.  Leave that
+# mode and rerun through app.py, which resolves the same URL with st.navigation.
+from streamlit.runtime.pages_manager import PagesManager as _PagesManager  # noqa: E402
+
+if _PagesManager.uses_pages_directory:
+    _PagesManager.uses_pages_directory = False
+    st.rerun()
+
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 #: how often a page polls a running job (seconds)
@@ -165,10 +175,10 @@ def active_jobs() -> list[dict]:
 # --------------------------------------------------------------------------- method parameters
 
 
-def param_widget(method: str, param, *, key: str, value: Any = None):
+def param_widget(method: str, param, *, key: str, value: Any = None, label: str | None = None):
     """One input for a declared method parameter, with its help text (from the registry) as a
     caption and the paper's default as the initial value.  Returns the chosen value."""
-    title = param_title(param)
+    title = label or param_title(param)
     k = f"{key}_{method}_{param.name}"
     default = param.default if value is None else value
     if param.choices is not None:
@@ -556,7 +566,27 @@ def backbone_title(name: str) -> str:
 
 
 def dataset_needs_root(name: str) -> bool:
-    return name == "imagefolder"
+    from bilaf_core.datasets import get_dataset_spec
+
+    return bool(get_dataset_spec(name).needs_root)
+
+
+def backbone_bundled(name: str) -> bool:
+    from bilaf_core.backbones import get_backbone_spec
+
+    return bool(get_backbone_spec(name).bundled_weights)
+
+
+def backbone_summary(name: str) -> str:
+    from bilaf_core.backbones import get_backbone_spec
+
+    return get_backbone_spec(name).summary
+
+
+def dataset_summary(name: str) -> str:
+    from bilaf_core.datasets import get_dataset_spec
+
+    return get_dataset_spec(name).summary
 
 
 @st.cache_data(show_spinner=False)
@@ -588,20 +618,20 @@ def _follow_up(ws, fs_id: str, path: str, label: str) -> None:
     submit_selection(fs, "bilaf", resolve_budget("1%", fs["n"]) if fs["n"] >= 200 else max(2, fs["n"] // 10), seed=0, options={})
 
 
-def submit_extraction(dataset: str, backbone: str, *, limit: int | None, root: str | None, follow_up: bool) -> str:
+def submit_extraction(dataset: str, backbone: str, *, limit: int | None, root: str | None, follow_up: bool, weights: str | None = None) -> str:
     from bilaf_core.features import extract_features
 
     ws = workspace()
     title = f"Extract {dataset_title(dataset).split(' (')[0]} · {backbone} · {'all' if limit is None else f'{limit:,}'} images"
 
     def work(progress):
-        path = extract_features(dataset, backbone, root=root, limit=limit, cache_root=ws.features_root, progress=progress)
+        path = extract_features(dataset, backbone, root=root, limit=limit, weights=weights, cache_root=ws.features_root, progress=progress)
         fs_id = ws.register_feature_set(path)
         if follow_up:
             _follow_up(ws, fs_id, str(path), title)
         return {"feature_set_id": fs_id, "path": str(path)}
 
-    key = "extract:" + "|".join(map(str, (dataset, backbone, limit, root)))
+    key = "extract:" + "|".join(map(str, (dataset, backbone, limit, root, weights)))
     return job_manager().submit("extract", title, work, key=key, params={"dataset": dataset, "backbone": backbone, "limit": limit})
 
 
@@ -680,9 +710,10 @@ def evaluations(feature_set_id: str) -> list[dict]:
     return out
 
 
-#: pools up to this size re-run BiLAF inline on a budget change (well under a second); larger
-#: ones run it as a background job so the page never freezes
-INLINE_BILAF_LIMIT = 20_000
+#: pools up to this many feature values (N x D) re-run BiLAF inline on a budget change: 60 000 x
+#: 112 (Fashion-MNIST, EfficientNet-Lite0) takes ~0.5 s on two cores (bench/app_latency.py).
+#: Larger ones run it as a background job so the page never freezes.
+INLINE_BILAF_VALUES = 60_000 * 256
 
 
 def bilaf_at_budget_ready(fs: dict, selection_id: str, budget: int):

@@ -86,7 +86,6 @@ def _background_traces(coords: np.ndarray, rows: np.ndarray, bg: Background, mar
                 traces.append(
                     go.Scattergl(
                         x=x[sel], y=y[sel], name=str(bg.names[c]) if c < len(bg.names) else str(c),
-                        legendgroup="pool", legendgrouptitle_text=bg.title or None,
                         marker=dict(size=marker_size, color=palette.category_color(c), line=dict(width=0)),
                         hovertemplate=hover, **{**common, "customdata": rows[sel]},
                     )
@@ -139,6 +138,7 @@ def map_figure(
     uirevision: str | None = None,
     ranges: tuple[tuple[float, float], tuple[float, float]] | None = None,
     show_legend: bool = True,
+    legend_below: bool = False,
 ) -> go.Figure:
     """The pool on its 2-D map (WebGL) with pick layers on top.
 
@@ -162,10 +162,12 @@ def map_figure(
                 customdata=idx, text=list(layer.hover) if layer.hover is not None else None, hovertemplate=hover,
                 opacity=layer.opacity, visible=True if layer.visible else "legendonly",
                 marker=dict(size=layer.size, color=layer.color, symbol=layer.symbol, line=dict(width=1, color=layer.outline)),
+                unselected=dict(marker=dict(opacity=0.55)),
             )
         )
     fig = go.Figure(data=traces)
     fig.update_layout(
+        legend_title_text=f"{background.title}:" if background.mode == "category" and background.names is not None else None,
         title=dict(text=title, x=0.01, font=dict(size=15)) if title else None,
         height=height,
         margin=dict(l=10, r=10, t=40 if title else 10, b=10),
@@ -176,8 +178,8 @@ def map_figure(
         hovermode="closest",
         uirevision=uirevision,
         showlegend=show_legend,
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0, bgcolor="rgba(255,255,255,0.85)",
-                    itemsizing="constant", groupclick="toggleitem"),
+        legend=dict(orientation="h", yanchor="top" if legend_below else "bottom", y=-0.01 if legend_below else 1.0,
+                    xanchor="left", x=0, bgcolor="rgba(255,255,255,0.85)", itemsizing="constant"),
     )
     axis = dict(showgrid=False, zeroline=False, showticklabels=False, title=None, showline=True, linecolor="#e3e3e3", mirror=True)
     fig.update_xaxes(**axis)

@@ -33,6 +33,7 @@ with tab_extract:
             key="data_dataset", format_func=common.dataset_title,
             help="Fashion-MNIST ships with the machine (Debian package) and works offline.",
         )
+        st.caption(common.dataset_summary(dataset))
         root = None
         if common.dataset_needs_root(dataset):
             root = st.text_input("Image folder", key="data_root", placeholder="/path/to/images",
@@ -43,10 +44,17 @@ with tab_extract:
             key="data_backbone", format_func=common.backbone_title,
             help="EfficientNet-Lite0 (ImageNet weights) is bundled and works offline; the paper's DINO ViT-S/16 needs a download or a local checkpoint.",
         )
+        st.caption(common.backbone_summary(backbone))
+        weights = None
+        if not common.backbone_bundled(backbone):
+            weights = st.text_input(
+                "Weights checkpoint (optional)", key="data_weights", placeholder="/path/to/checkpoint.pth",
+                help="This backbone's weights are not bundled: give a local checkpoint, or the extraction fails with a message saying so (no network here).",
+            ) or None
 
     split_size = common.split_size(dataset)
     size_label = f"{split_size:,}" if split_size else "all"
-    choices = [f"first {DEFAULT_LIMIT:,} images (a BiLAF map in a few minutes)", f"the whole split ({size_label} images)", "custom"]
+    choices = [f"first {DEFAULT_LIMIT:,} images (a BiLAF map in about 3 minutes)", f"the whole split ({size_label} images)", "custom"]
     pool_choice = st.radio("Pool size", choices, key="data_pool_choice", horizontal=True,
                            help="A limit keeps the first N images of the split (stable order).")
     if pool_choice == choices[0]:
@@ -63,7 +71,7 @@ with tab_extract:
     )
     if st.button("Extract features", type="primary", key="data_extract", disabled=common.dataset_needs_root(dataset) and not root):
         try:
-            job_id = common.submit_extraction(dataset, backbone, limit=limit, root=root, follow_up=follow)
+            job_id = common.submit_extraction(dataset, backbone, limit=limit, root=root, weights=weights, follow_up=follow)
             st.session_state["data_job"] = job_id
             st.rerun()
         except BilafError as exc:

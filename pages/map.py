@@ -79,7 +79,7 @@ if main is not None and main.method == "bilaf" and "core_indices" in main.diagno
         if live_budget != main.budget:
             ready = common.bilaf_at_budget_ready(fs, main_id, int(live_budget))
             try:
-                if ready is None and fs["n"] <= common.INLINE_BILAF_LIMIT:
+                if ready is None and fs["n"] * max(fs["dim"], 1) <= common.INLINE_BILAF_VALUES:
                     ready = common.bilaf_at_budget(fs, main_id, int(live_budget))
                 if ready is not None:
                     main = ready
@@ -206,14 +206,15 @@ if side_id:
     side = common.load_selection(side_id)
     left, right = st.columns(2)
     with left:
-        fig = figs.map_figure(coords, _main_layers(), background=background, title=common.selection_title(main_row), height=600,
-                              uirevision=uirev, ranges=ranges)
+        main_title = common.selection_title({**main_row, "budget": shown.budget}) + (" (preview)" if preview_note else "")
+        fig = figs.map_figure(coords, _main_layers(), background=background, title=main_title, height=640,
+                              uirevision=uirev, ranges=ranges, legend_below=True)
         events.append(st.plotly_chart(fig, key="map_chart_left", on_select="rerun", selection_mode=("points", "box", "lasso"),
                                       config=CHART_CONFIG, width="stretch"))
     with right:
         side_layers = _selection_layers(side)
-        fig = figs.map_figure(coords, side_layers, background=background, title=common.selection_title(by_id[side_id]), height=600,
-                              uirevision=uirev, ranges=ranges)
+        fig = figs.map_figure(coords, side_layers, background=background, title=common.selection_title(by_id[side_id]), height=640,
+                              uirevision=uirev, ranges=ranges, legend_below=True)
         events.append(st.plotly_chart(fig, key="map_chart_right", on_select="rerun", selection_mode=("points", "box", "lasso"),
                                       config=CHART_CONFIG, width="stretch"))
 else:
@@ -233,6 +234,9 @@ if picked_now.size:
         pickers[common.selection_title(by_id[oid])] = common.load_selection(oid)
     pick_sets = {name: set(sel.indices.tolist()) for name, sel in pickers.items() if sel is not None}
     details = common.point_details(picked_now, shown, pick_sets, meta)
+    # picks first (in the gallery and the table): they are what the user is checking
+    any_pick = np.array([any(int(i) in s for s in pick_sets.values()) for i in picked_now], dtype=bool)
+    picked_now = np.concatenate([picked_now[any_pick], picked_now[~any_pick]])
     gallery = picked_now[:GALLERY_MAX]
     thumbs = common.thumbnails(fs, tuple(int(i) for i in gallery))
     if thumbs is None:

@@ -44,11 +44,17 @@ except BilafError as exc:
 # ------------------------------------------------------------------ methods
 st.subheader("Methods")
 methods_all = available_methods()
-methods = st.multiselect(
-    "Methods to run", methods_all, default=[m for m in ("bilaf",) if m in methods_all], key="select_methods",
-    format_func=palette.method_label,
-    help="BiLAF is the flagship; run baselines too to compare them on the map and in the accuracy table.",
-)
+m1, m2 = st.columns([3, 1])
+with m1:
+    methods = st.multiselect(
+        "Methods to run", methods_all, default=[m for m in ("bilaf",) if m in methods_all], key="select_methods",
+        format_func=palette.method_label,
+        help="BiLAF is the flagship; run baselines too to compare them on the map and in the accuracy table.",
+    )
+core_budget = None
+with m2:
+    if "bilaf" in methods:
+        core_budget = common.param_widget("bilaf", get_method("bilaf").param("core_budget"), key="select", label="BiLAF core count K")
 with st.expander("What each method does"):
     for m in methods_all:
         st.markdown(f"{common.method_chip(m)} {get_method(m).summary}", unsafe_allow_html=True)
@@ -57,11 +63,7 @@ options: dict[str, dict] = {}
 for method in methods:
     spec = get_method(method)
     with st.expander(f"{palette.method_label(method)} parameters", expanded=False):
-        values = {}
-        if method == "bilaf":
-            core_param = spec.param("core_budget")
-            cores = common.param_widget(method, core_param, key="select")
-            values["core_budget"] = cores
+        values = {"core_budget": core_budget} if method == "bilaf" else {}
         params = common.editable_params(spec, skip=("core_budget",))
         cols = st.columns(2)
         for i, p in enumerate(params):
@@ -85,15 +87,12 @@ if run:
 
 # ------------------------------------------------------------------ jobs and results
 jobs_here = common.job_manager().list(kind="select", tags={"feature_set": fs["id"]}, limit=12)
-active = [r for r in jobs_here if r["status"] in ("queued", "running")]
-finished_recent = [r for r in jobs_here if r["status"] not in ("queued", "running")][:4]
-if active or finished_recent:
+opened = common.page_opened_at()
+shown_jobs = [r for r in jobs_here if r["status"] in ("queued", "running") or (r.get("finished") or 0) >= opened][:6]
+if shown_jobs:
     st.subheader("Runs")
-for record in active:
+for record in shown_jobs:
     common.show_job(record["id"], key="select")
-for record in finished_recent:
-    if record["status"] != "done":
-        common.show_job(record["id"], key="select")
 
 st.subheader("Selections on this feature set")
 rows = common.selection_rows(fs["id"])
