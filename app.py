@@ -35,18 +35,24 @@ with st.sidebar:
     st.markdown("**BiLAF Studio** · one-shot active finetuning")
 
 
-@st.fragment(run_every=2.0)
-def _running_jobs() -> None:
-    running = common.active_jobs()
-    if not running:
-        return
+def _running_jobs_list(running: list[dict]) -> None:
     st.caption(f"{len(running)} job{'s' if len(running) > 1 else ''} running")
     for record in running[:4]:
         st.progress(float(record.get("progress") or 0.0), text=f"{record.get('title')}: {common.job_progress_line(record)}")
 
 
+@st.fragment(run_every=2.0)
+def _running_jobs_live() -> None:
+    running = common.active_jobs()
+    if not running:
+        st.rerun(scope="app")  # all finished: one full rerun, then the sidebar stops polling
+    _running_jobs_list(running)
+
+
 with st.sidebar:
-    _running_jobs()
+    # Poll only while something runs: an idle page has no timer reruns competing with the user's.
+    if common.active_jobs():
+        _running_jobs_live()
     root = os.environ.get("BILAF_WORKSPACE") or str(ROOT / "workspace")
     st.caption(f"Workspace: `{root}`  \nSet `BILAF_WORKSPACE` to use another folder.")
 

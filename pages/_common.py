@@ -732,3 +732,27 @@ def submit_bilaf_at_budget(fs: dict, selection_id: str, budget: int) -> str:
         "rebudget", f"BiLAF at B={budget:,}", work, key=f"rebudget:{selection_id}:{budget}",
         tags={"feature_set": fs["id"], "selection": selection_id},
     )
+
+
+def submit_sweep_point(fs: dict, method: str, budget: int, *, seed: int, mode: str) -> str:
+    """Select with `method` at `budget`, save it, evaluate it (`mode`) and save the result — one
+    background job per point of an accuracy-vs-budget sweep."""
+    from bilaf_core.finetune import evaluate_selection
+    from bilaf_core.selection import run_selection
+
+    ws = workspace()
+    path = fs["path"]
+    label = palette.method_label(method)
+
+    def work(progress):
+        features = load_features(path)
+        selection = run_selection(method, features, budget, seed=seed, progress=lambda f, m: progress(0.6 * f, m))
+        selection_id = ws.save_selection(selection, fs["id"], name=label)
+        result = evaluate_selection(path, selection.indices, mode, seed=seed, progress=lambda f, m: progress(0.6 + 0.4 * f, m))
+        evaluation_id = ws.save_evaluation(selection_id, result)
+        return {"selection_id": selection_id, "evaluation_id": evaluation_id, "accuracy": result.accuracy}
+
+    return job_manager().submit(
+        "evaluate", f"{label} · B={budget:,} → {mode}", work, key=f"sweep:{fs['id']}:{method}:{budget}:{seed}:{mode}",
+        params={"method": method, "budget": budget, "seed": seed, "mode": mode}, tags={"feature_set": fs["id"]},
+    )

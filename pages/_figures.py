@@ -72,6 +72,7 @@ def _sample_background(n: int, max_points: int, seed: int) -> np.ndarray:
 
 def _background_traces(coords: np.ndarray, rows: np.ndarray, bg: Background, marker_size: float) -> list:
     x, y = coords[rows, 0], coords[rows, 1]
+    rows = rows.astype(np.int32)  # customdata travels as a typed array: int32 is half of int64
     common = dict(mode="markers", hoverinfo="skip" if rows.size > 20_000 else None, customdata=rows)
     hover = "#%{customdata}<extra>%{fullData.name}</extra>"
     if bg.mode == "category" and bg.values is not None:
@@ -159,7 +160,7 @@ def map_figure(
         traces.append(
             go.Scattergl(
                 x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=f"{layer.name} ({idx.size:,})",
-                customdata=idx, text=list(layer.hover) if layer.hover is not None else None, hovertemplate=hover,
+                customdata=idx.astype(np.int32), text=list(layer.hover) if layer.hover is not None else None, hovertemplate=hover,
                 opacity=layer.opacity, visible=True if layer.visible else "legendonly",
                 marker=dict(size=layer.size, color=layer.color, symbol=layer.symbol, line=dict(width=1, color=layer.outline)),
                 unselected=dict(marker=dict(opacity=0.55)),
@@ -237,7 +238,7 @@ def toy_figure(
         for c in np.unique(values):
             sel = values == c
             if color_mode == "blob" and c < 0:
-                name, color = "outliers", "#8a8a8a"
+                name, color = "outliers", "#c4c4c4"
             else:
                 name = f"class {c}" if color_mode == "blob" else f"pseudo-class {c}"
                 color = palette.category_color(int(c))

@@ -7,6 +7,7 @@ import streamlit as st
 
 from bilaf_core import palette
 from bilaf_core.errors import BilafError
+from bilaf_core.selection import available_methods, resolve_budget
 from pages import _common as common
 from pages import _figures as figs
 
@@ -34,11 +35,34 @@ if meta.get("labels") is None:
     st.stop()
 
 rows = common.selections(fs["id"])
+by_id = {r["id"]: r for r in rows}
+
+# ------------------------------------------------------------------ a budget sweep in one go
+with st.expander("Accuracy vs budget in one go: select and evaluate several methods at several budgets", expanded=not rows):
+    s1, s2, s3 = st.columns([2, 2, 1])
+    sweep_methods = s1.multiselect("Methods", available_methods(), default=[m for m in ("bilaf", "kmeans", "random") if m in available_methods()],
+                                   format_func=palette.method_label, key="compare_sweep_methods")
+    sweep_budgets = s2.text_input("Budgets", "0.5%, 1%, 2%", key="compare_sweep_budgets",
+                                  help="Counts or percentages of the pool, comma separated.")
+    sweep_mode = s3.selectbox("Training", ["linear-probe", "knn"], key="compare_sweep_mode")
+    try:
+        budgets = sorted({resolve_budget(b.strip(), fs["n"]) for b in sweep_budgets.split(",") if b.strip()})
+        st.caption(f"{len(sweep_methods) * len(budgets)} runs: budgets {', '.join(f'{b:,}' for b in budgets)}, seed 0; each selection is saved.")
+    except BilafError as exc:
+        budgets = []
+        st.error(str(exc))
+    if st.button("Run the sweep", disabled=not (sweep_methods and budgets), key="compare_sweep_run"):
+        for b in budgets:
+            for m in sweep_methods:
+                common.submit_sweep_point(fs, m, b, seed=0, mode=sweep_mode)
+        st.rerun()
+
 if not rows:
-    st.info("No selection to evaluate yet: run BiLAF and a baseline or two on the **Select** page first.")
+    for record in common.job_manager().list(kind="evaluate", tags={"feature_set": fs["id"]}, active_only=True):
+        common.show_job(record["id"], key="compare")
+    st.info("No selection to evaluate yet: run the sweep above, or run BiLAF and a baseline or two on the **Select** page.")
     st.page_link("pages/select.py", label="Select", icon=":material/checklist:")
     st.stop()
-by_id = {r["id"]: r for r in rows}
 
 # ------------------------------------------------------------------ run evaluations
 with st.container(border=True):

@@ -235,20 +235,27 @@ def _classes_covered(indices):
     return int(np.unique(hit[hit >= 0]).size), int((hit < 0).sum())
 
 
-left, right = st.columns([3, 2], gap="large")
-with right:
-    st.markdown(common.asset_text(f"learn/{step}.md"))
-    for line in _facts(step):
-        st.markdown(f"- {line}")
+def _nav_buttons():
     b1, b2 = st.columns(2)
     b1.button("← previous", on_click=_go, args=(-1,), disabled=position == 0, width="stretch", key="learn_prev")
     b2.button("next →", on_click=_go, args=(1,), disabled=position == len(STEPS) - 1, width="stretch", key="learn_next")
 
-with left:
-    if step != "7_compare":
+
+if step != "7_compare":
+    left, right = st.columns([3, 2], gap="large")
+    with right:
+        st.markdown(common.asset_text(f"learn/{step}.md"))
+        for line in _facts(step):
+            st.markdown(f"- {line}")
+        _nav_buttons()
+    with left:
         st.plotly_chart(_step_figure(step), width="stretch", key=f"learn_fig_{step}", config={"displaylogo": False})
-    else:
-        st.markdown("**Same pool, same budget** — picks drawn over the hidden classes.")
+else:
+    text, nav = st.columns([3, 1], gap="large", vertical_alignment="bottom")
+    with text:
+        st.markdown(common.asset_text(f"learn/{step}.md"))
+    with nav:
+        _nav_buttons()
 
 if step == "7_compare":
     methods = ["bilaf"] + [m for m in ("kmeans", "random") if m in available_methods()]
