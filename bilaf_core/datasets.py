@@ -22,6 +22,7 @@ going through PIL one image at a time.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from dataclasses import dataclass
@@ -276,20 +277,35 @@ class SubsetDataset(Dataset):
 # --------------------------------------------------------------------------------------------
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (the MNIST format), gzip-compressed or not, as a uint8 array."""
-    opener = gzip.open if path.suffix == ".gz" else open
+def read_idx(path: Path, limit: int | None = None) -> np.ndarray:
+    """Read an idx file (the MNIST format), gzip-compressed or not, as a read-only uint8 array.
+
+    With `limit`, only the first `limit` items are decompressed (a 1 000-image pool need not
+    inflate all 47 MB of Fashion-MNIST's training images).  Reads are memoised per file version.
+    """
+    stat = Path(path).stat()
+    return _read_idx_cached(str(path), stat.st_mtime_ns, stat.st_size, limit)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_cached(path: str, mtime_ns: int, size: int, limit: int | None) -> np.ndarray:
+    opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise BilafError(f"{path} is not an idx file of unsigned bytes; re-install or re-download it")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = int(np.prod(dims)) if dims else 0
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != expected:
-        raise BilafError(f"{path} is truncated ({body.size} of {expected} bytes); re-install or re-download it")
-    return body.reshape(dims)
+        head = fh.read(4)
+        if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+            raise BilafError(f"{path} is not an idx file of unsigned bytes; re-install or re-download it")
+        ndim = head[3]
+        dims = [int.from_bytes(fh.read(4), "big") for _ in range(ndim)]
+        if limit is not None and dims:
+            dims[0] = min(dims[0], int(limit))
+        expected = int(np.prod(dims)) if dims else 0
+        try:
+            data = fh.read(expected)
+        except (EOFError, OSError) as exc:  # a gzip stream cut short
+            raise BilafError(f"{path} is truncated or corrupt ({exc}); re-install or re-download it") from None
+    if len(data) != expected:
+        raise BilafError(f"{path} is truncated ({len(data)} of {expected} bytes); re-install or re-download it")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _find_idx(root: Path, stem: str) -> Path | None:
@@ -337,7 +353,7 @@ def _load_fashion_mnist(root, split, limit, download) -> Dataset:
             "Debian package (sudo apt-get install dataset-fashion-mnist), pass --root DIR holding the idx "
             "files, or add --download to fetch them with torchvision (needs internet)"
         )
-    images, labels = read_idx(files[0]), read_idx(files[1])
+    images, labels = read_idx(files[0], limit), read_idx(files[1], limit)
     if images.ndim != 3 or labels.shape != (images.shape[0],):
         raise BilafError(f"Fashion-MNIST files under {folder} do not match (images {images.shape}, labels {labels.shape})")
     return ArrayDataset(name="fashion-mnist", root=str(folder), split=split, limit=limit,

@@ -62,8 +62,8 @@ DEFAULT_BATCH_SIZE = {"cpu": 64, "cuda": 256}
 CPU_CHANNELS_LAST = True
 #: DataLoader decode workers for image files on CPU.  Measured on 2 cores (bench/extract_speed.py,
 #: docs/readme/extraction.md): the model scales poorly from 1 to 2 threads at 64 px, so one worker
-#: decoding beside it overlaps the work (500x375 JPEGs: 420 -> 791 img/s); two workers compete
-#: with the model's threads (322 img/s).  In-memory datasets never use workers.
+#: decoding photos beside it overlaps the work (500x375 JPEGs: 599 -> 834 img/s); two compete
+#: with the model's threads (768 img/s).  In-memory datasets never use workers.
 CPU_FILE_WORKERS = 1
 
 
@@ -291,10 +291,16 @@ def _iter_batches(dataset, plan: list, size: int, workers: int) -> Iterator[_Bat
         for chunk, indices in plan:
             yield _decode(dataset, chunk, indices, size)
         return
+    import threading
+
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(_DecodeBatches(dataset, plan, size), batch_size=None, shuffle=False,
-                        num_workers=workers, pin_memory=False, prefetch_factor=4, persistent_workers=False)
+    # Forking a process that runs other threads (the app's server, its job threads) can copy a
+    # lock held mid-operation into the child; there, workers start from a clean fork server.
+    # A single-threaded CLI or torchrun rank forks directly, which starts faster.
+    context = None if threading.active_count() == 1 else "forkserver"
+    loader = DataLoader(_DecodeBatches(dataset, plan, size), batch_size=None, shuffle=False, num_workers=workers,
+                        pin_memory=False, prefetch_factor=4, persistent_workers=False, multiprocessing_context=context)
     yield from loader
 
 

@@ -158,6 +158,15 @@ def test_file_path_with_a_decode_worker_matches_in_process_decoding(tmp_path):
     b = extract_features("imagefolder", num_workers=1, out_dir=tmp_path / "w1", **common)
     assert (a / "features.npy").read_bytes() == (b / "features.npy").read_bytes()
     assert load_feature_set(b).meta["skipped"] == load_feature_set(a).meta["skipped"]
+    # from a job thread, as in the app: workers come from a fork server instead of a plain fork
+    import threading
+
+    result = {}
+    job = threading.Thread(target=lambda: result.update(path=extract_features(
+        "imagefolder", num_workers=1, out_dir=tmp_path / "thread", **common)))
+    job.start()
+    job.join(timeout=120)
+    assert (result["path"] / "features.npy").read_bytes() == (a / "features.npy").read_bytes()
 
 
 def test_bad_arguments_are_bilaf_errors(tmp_path):
