@@ -430,6 +430,8 @@ def extract_features(dataset: str = "fashion-mnist", backbone: str = "efficientn
         raise BilafError(f"--image-size must be between 8 and 2048 pixels, got {size}")
     if batch_size is not None and int(batch_size) < 1:
         raise BilafError(f"--batch-size must be a positive number, got {batch_size}")
+    if num_workers is not None and int(num_workers) < 0:
+        raise BilafError(f"--workers must be 0 or more, got {num_workers}")
     if chunk_size is not None and int(chunk_size) < 1:
         raise BilafError(f"chunk size must be a positive number, got {chunk_size}")
     if limit is not None and int(limit) < 1:

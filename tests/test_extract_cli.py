@@ -71,6 +71,8 @@ def test_skipped_images_are_reported_on_stderr(tmp_path, capsys):
     (["--limit", "0"], "--limit must be a positive"),
     (["--image-size", "4"], "--image-size must be between"),
     (["--split", "validation"], "splits train, test"),
+    (["--workers", "-1"], "--workers must be 0 or more"),
+    (["--batch-size", "0"], "--batch-size must be a positive"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, argv, message):
     (tmp_path / "empty").mkdir()

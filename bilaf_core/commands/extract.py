@@ -6,7 +6,6 @@ ranks and rank 0 writes the result (and alone prints).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -27,14 +26,13 @@ def add_parser(subparsers) -> None:
             "cached by dataset, split, limit, backbone, layer, weights and image size: asking again returns it "
             "at once, and an interrupted run resumes where it stopped."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--dataset", default="fashion-mnist", metavar="NAME",
-                        help="fashion-mnist, cifar10, cifar100, imagefolder or synthetic")
+                        help="fashion-mnist (default, offline), cifar10, cifar100, imagefolder or synthetic")
     parser.add_argument("--root", metavar="DIR", help="folder holding the dataset (required for imagefolder)")
-    parser.add_argument("--split", default="train", help="train or test (imagefolder: a sub-folder of that name, if any)")
+    parser.add_argument("--split", default="train", help="train (default) or test (imagefolder: a sub-folder of that name, if any)")
     parser.add_argument("--backbone", default="efficientnet-lite0", metavar="NAME",
-                        help="efficientnet-lite0, dino-vits16, or any timm model name with --weights")
+                        help="efficientnet-lite0 (default, offline), dino-vits16, or any timm model name with --weights")
     parser.add_argument("--weights", metavar="PATH", help="local checkpoint (state dict; teacher/model/state_dict keys and "
                         "module./backbone. prefixes handled), or 'random' for speed tests")
     parser.add_argument("--layer", help="feature layer: 'pooled' or a stage such as blocks.4 (default: the backbone's)")
@@ -44,7 +42,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--workers", type=int, metavar="W", help="DataLoader workers decoding image files (default: 1 on CPU with 2+ cores, up to 8 on GPU)")
     parser.add_argument("--chunk-size", type=int, metavar="C", help="images per resumable chunk (default 2048; "
                         "under torchrun the chunks are dealt to the ranks)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the backbone")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the backbone (default: auto = cuda when available)")
     parser.add_argument("--download", action="store_true",
                         help="allow the network: torchvision may download the dataset and timm the weights")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: <workspace>/features/<key>, "
