@@ -1,13 +1,17 @@
-"""Imports every built-in method module so that each registers itself (order = display order)."""
+"""Imports every built-in method module so that each registers itself."""
 
 from . import (  # noqa: F401
-    bilaf,
     activeft,
-    random_method,
-    kmeans,
+    bilaf,
     coreset,
     fds,
-    typiclust,
-    probcover,
     fisher,
+    kmeans,
+    probcover,
+    random_method,
+    typiclust,
 )
+
+#: The order of every list, legend and table: the flagship first, then its core stage, then
+#: the baselines from the simplest up.
+DISPLAY_ORDER = ("bilaf", "activeft", "random", "kmeans", "kmeans-multibatch", "coreset", "fds", "typiclust", "probcover", "fisher")
