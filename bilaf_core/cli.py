@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
 from . import __version__, commands
 from .errors import BilafError, Cancelled
+
+
+WORKSPACE_HELP = "workspace folder (default: $BILAF_WORKSPACE, else <project>/workspace)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,9 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bilaf_core {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    parser.add_argument("--workspace", metavar="DIR", help=WORKSPACE_HELP)
     modules = [importlib.import_module(f"{commands.__name__}.{m.name}") for m in pkgutil.iter_modules(commands.__path__)]
     for module in sorted(modules, key=lambda mod: getattr(mod, "ORDER", 100)):
         module.add_parser(sub)
+    # accepted after the command name too: `python -m bilaf_core runs --workspace DIR`
+    for command in sub.choices.values():
+        if "--workspace" not in command._option_string_actions:
+            command.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help=WORKSPACE_HELP)
     return parser
 
 
@@ -35,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = os.environ.get("BILAF_WORKSPACE")
+    if getattr(args, "workspace", None):
+        # one mechanism for every command: the workspace root is read from the environment
+        os.environ["BILAF_WORKSPACE"] = str(args.workspace)
     try:
         return int(args.func(args) or 0)
     except BilafError as exc:
@@ -46,3 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if getattr(args, "workspace", None):  # leave the caller's environment as it was (tests call main())
+            if previous is None:
+                os.environ.pop("BILAF_WORKSPACE", None)
+            else:
+                os.environ["BILAF_WORKSPACE"] = previous

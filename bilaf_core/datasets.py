@@ -47,8 +47,9 @@ FASHION_MNIST_CLASSES = [
 
 
 def workspace_root() -> Path:
-    """The workspace folder: ``$BILAF_WORKSPACE`` or ``./workspace`` (absolute)."""
-    return Path(os.environ.get("BILAF_WORKSPACE") or "workspace").expanduser().resolve()
+    """The workspace folder: ``$BILAF_WORKSPACE`` or ``<project>/workspace`` (absolute; the same
+    folder whatever the current directory, so the app and the CLI share it)."""
+    return Path(os.environ.get("BILAF_WORKSPACE") or Path(__file__).resolve().parents[1] / "workspace").expanduser().resolve()
 
 
 def default_download_root() -> Path:

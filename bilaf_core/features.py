@@ -149,7 +149,7 @@ def feature_key(*, dataset: str, root, split: str, limit, backbone: str, variant
 
 
 def default_cache_root() -> Path:
-    """``<workspace>/features`` with workspace = ``$BILAF_WORKSPACE`` or ``./workspace``."""
+    """``<workspace>/features`` with workspace = ``$BILAF_WORKSPACE`` or ``<project>/workspace``."""
     return workspace_root() / "features"
 
 

@@ -46,7 +46,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--download", action="store_true",
                         help="allow the network: torchvision may download the dataset and timm the weights")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: <workspace>/features/<key>, "
-                        "workspace = $BILAF_WORKSPACE or ./workspace)")
+                        "workspace = $BILAF_WORKSPACE or <project>/workspace)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
