@@ -1,0 +1,169 @@
+"""Evaluation of a selection (bilaf_core.finetune): linear probe, k-NN, finetune, picks checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bilaf_core.errors import BilafError, Cancelled
+from bilaf_core.features import import_embeddings
+from bilaf_core.finetune import EvalResult, evaluate_selection, knn_predict, scores_from_predictions, validate_picks
+
+
+@pytest.fixture(autouse=True)
+def _workspace(tmp_path, monkeypatch):
+    monkeypatch.setenv("BILAF_WORKSPACE", str(tmp_path / "workspace"))
+
+
+def _blobs(n_per_class: int, n_classes: int, dim: int, *, seed: int, spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Well separated Gaussian clusters (one per class), interleaved so any prefix is balanced."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (n_classes, dim))
+    labels = np.tile(np.arange(n_classes), n_per_class)
+    features = centres[labels] + rng.normal(0, spread, (len(labels), dim))
+    return features.astype(np.float32), labels
+
+
+def _import(tmp_path, name, features, labels) -> str:
+    np.save(tmp_path / f"{name}.npy", features)
+    labels_path = tmp_path / f"{name}-labels.json"
+    labels_path.write_text(json.dumps(np.asarray(labels).tolist()))
+    return str(import_embeddings(tmp_path / f"{name}.npy", labels_path=labels_path, out_dir=tmp_path / name))
+
+
+@pytest.fixture()
+def separable(tmp_path):
+    """A 600-sample pool of 5 separable classes and a 500-sample test set from the same clusters."""
+    features, labels = _blobs(220, 5, 16, seed=0)
+    pool = _import(tmp_path, "pool", features[:600], labels[:600])
+    test = _import(tmp_path, "test", features[600:], labels[600:])
+    return pool, test
+
+
+@pytest.mark.parametrize("mode", ["linear-probe", "knn"])
+def test_separable_data_gives_high_accuracy(separable, mode):
+    pool, test = separable
+    result = evaluate_selection(pool, np.arange(0, 100), mode, test_feature_dir=test)
+    assert result.accuracy > 0.95
+    assert result.n_train == 100 and result.mode == mode
+    assert len(result.per_class) == 5 and all(v > 0.9 for v in result.per_class)
+    confusion = np.asarray(result.confusion)
+    assert confusion.shape == (5, 5) and confusion.sum() == 500
+    assert np.trace(confusion) / 500 == pytest.approx(result.accuracy)
+    assert result.class_names == ["0", "1", "2", "3", "4"]
+    assert result.params["test_set"].startswith("features: ") and result.timings["total"] > 0
+    json.dumps(result.to_dict())  # JSON-able as it is
+
+
+@pytest.mark.parametrize("mode", ["linear-probe", "knn"])
+def test_shuffled_labels_give_chance(tmp_path, mode):
+    """Labels unrelated to the features: no classifier can beat chance (1/4) on the test set."""
+    features, _ = _blobs(500, 4, 16, seed=1)
+    labels = np.random.default_rng(2).integers(0, 4, len(features))
+    pool = _import(tmp_path, "pool", features[:1000], labels[:1000])
+    test = _import(tmp_path, "test", features[1000:], labels[1000:])
+    result = evaluate_selection(pool, np.arange(400), mode, test_feature_dir=test)
+    assert 0.25 - 0.07 < result.accuracy < 0.25 + 0.07
+
+
+def test_holdout_when_no_test_split(tmp_path):
+    features, labels = _blobs(50, 3, 8, seed=3)
+    pool = _import(tmp_path, "pool", features, labels)
+    picks = [0, 1, 2, 3, 4, 5]
+    result = evaluate_selection(pool, picks, "linear-probe")
+    assert result.params["test_set"] == "pool-holdout: 144 unpicked samples"
+    assert int(np.sum(result.confusion)) == 144 and result.accuracy > 0.9
+
+
+def test_single_class_picks_predict_that_class(separable):
+    pool, test = separable
+    picks = np.arange(0, 50, 5)  # every 5th sample: all of class 0
+    for mode in ("linear-probe", "knn"):
+        result = evaluate_selection(pool, picks, mode, test_feature_dir=test)
+        assert result.accuracy == pytest.approx(0.2)
+        assert result.per_class == [1.0, 0.0, 0.0, 0.0, 0.0]
+        assert result.params["classes_in_picks"] == 1
+
+
+def test_linear_probe_is_deterministic_and_knn_caps_k(separable):
+    pool, test = separable
+    first = evaluate_selection(pool, np.arange(30), "linear-probe", test_feature_dir=test, seed=5)
+    second = evaluate_selection(pool, np.arange(30), "linear-probe", test_feature_dir=test, seed=5)
+    assert first.confusion == second.confusion and first.params["seed"] == 5
+    knn = evaluate_selection(pool, np.arange(7), "knn", test_feature_dir=test, k=50)
+    assert knn.params["k"] == 7 and knn.params["k_requested"] == 50
+
+
+def test_result_round_trips_and_absent_class_is_none():
+    accuracy, per_class, confusion = scores_from_predictions(np.array([0, 0, 1]), np.array([0, 1, 1]), 3)
+    assert accuracy == pytest.approx(2 / 3) and per_class == [0.5, 1.0, None]
+    result = EvalResult("knn", accuracy, per_class, confusion, ["a", "b", "c"], 3, {"k": 3}, {"total": 0.1})
+    text = json.dumps(result.to_dict(), allow_nan=False)
+    assert EvalResult.from_dict(json.loads(text)) == result
+
+
+def test_knn_weighted_vote_prefers_closer_neighbours():
+    train = np.array([[1.0, 0.0], [0.6, 0.8], [0.6, 0.8]], dtype=np.float32)
+    # two far votes for class 1 against one exact match for class 0: exp weighting lets the match win
+    predicted = knn_predict(train, np.array([0, 1, 1]), np.array([[1.0, 0.0]], dtype=np.float32), k=3)
+    assert predicted.tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    "picks,message",
+    [
+        ([3, 7, 3, 9, 7], "pool index 3 is picked more than once (again at position 2)"),
+        ([0, 600], "pick 600 (position 1) is out of range"),
+        ([-1, 2], "pick -1 (position 0) is out of range"),
+        ([], "the selection is empty"),
+        ([[1, 2]], "flat list"),
+        (["a"], "integer pool indices"),
+        ([0.5], "integer pool indices"),
+    ],
+)
+def test_bad_picks_are_rejected(separable, picks, message):
+    pool, test = separable
+    with pytest.raises(BilafError) as info:
+        evaluate_selection(pool, picks, "linear-probe", test_feature_dir=test)
+    assert message in str(info.value)
+
+
+def test_validate_picks_accepts_arrays_and_integral_floats():
+    assert validate_picks(np.array([2, 0, 1]), 3).tolist() == [2, 0, 1]
+    assert validate_picks([1.0, 2.0], 3).dtype == np.int64
+
+
+def test_inputs_are_checked(tmp_path, separable):
+    pool, test = separable
+    np.save(tmp_path / "unlabelled.npy", np.ones((10, 4), np.float32))
+    bare = import_embeddings(tmp_path / "unlabelled.npy", out_dir=tmp_path / "bare")
+    with pytest.raises(BilafError, match="evaluation needs labels.*labels file"):
+        evaluate_selection(bare, [0, 1], "linear-probe")
+    other_dim = _import(tmp_path, "other", np.ones((10, 3), np.float32), np.zeros(10, np.int64))
+    with pytest.raises(BilafError, match="3 dimensions but the pool has 16"):
+        evaluate_selection(pool, [0, 1], "knn", test_feature_dir=other_dim)
+    with pytest.raises(BilafError, match="unknown evaluation mode"):
+        evaluate_selection(pool, [0, 1], "svm")
+    with pytest.raises(BilafError, match="does not take option"):
+        evaluate_selection(pool, [0, 1], "knn", test_feature_dir=test, epochs=3)
+    with pytest.raises(BilafError, match="k must be an integer"):
+        evaluate_selection(pool, [0, 1], "knn", test_feature_dir=test, k=0)
+    small = _import(tmp_path, "small", np.eye(3, dtype=np.float32), [0, 1, 2])
+    with pytest.raises(BilafError, match="none is left to test on"):
+        evaluate_selection(small, [0, 1, 2], "knn")
+
+
+def test_progress_is_reported_and_cancel_propagates(separable):
+    pool, test = separable
+    seen = []
+    evaluate_selection(pool, np.arange(50), "linear-probe", test_feature_dir=test, progress=lambda f, m: seen.append(f))
+    assert seen and all(0.0 <= f <= 1.0 for f in seen) and seen[-1] == 1.0
+
+    def cancel(fraction, message):
+        if fraction > 0.3:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        evaluate_selection(pool, np.arange(50), "linear-probe", test_feature_dir=test, progress=cancel)
