@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as `python bench/selection_speed.py` from anywhere
 
 
 def make_pool(path: Path, n: int, dim: int, seed: int, n_modes: int = 1000) -> Path:
