@@ -225,3 +225,18 @@ def test_runs_command_lists_the_workspace(ws_fs, capsys):
     assert "no feature set" in capsys.readouterr().err
     assert cli.main(["runs", "--workspace", str(ws.root), "--delete", sid]) == 0
     assert ws.list_selections() == []
+
+
+def test_select_record_stores_the_selection(ws_fs, tmp_path, capsys):
+    ws, fs_id, _ = ws_fs
+    folder = ws.get_feature_set(fs_id)["path"]
+    out = tmp_path / "picks.json"
+    assert cli.main(["select", "--workspace", str(ws.root), "--features", folder, "--method", "fds", "--budget", "7",
+                     "--out", str(out), "--record"]) == 0
+    (row,) = ws.list_selections(fs_id)
+    assert row["method"] == "fds" and row["budget"] == 7 and row["id"] in capsys.readouterr().out
+    assert ws.load_selection(row["id"]).to_list() == json.loads(out.read_text())
+    np.save(tmp_path / "plain.npy", np.load(Path(folder) / "features.npy"))
+    assert cli.main(["select", "--features", str(tmp_path / "plain.npy"), "--method", "fds", "--budget", "7",
+                     "--out", str(tmp_path / "p2.json"), "--record"]) == 2
+    assert "feature-set folder" in capsys.readouterr().err and not (tmp_path / "p2.json").exists()

@@ -35,6 +35,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, help="picks.json: a JSON list of pool indices in pick order")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same inputs + seed -> same picks; default 0)")
     parser.add_argument("--diagnostics", help="also write the method's diagnostics (cluster, ring level, scores…) to this .npz")
+    parser.add_argument("--record", action="store_true",
+                        help="also store the selection in the workspace (needs --features to be a feature-set folder); "
+                             "it then shows in `runs` and in the app")
     group = parser.add_argument_group("method options (each method takes its own; see `--method NAME` docs in the README)")
     for param in _method_options().values():
         metavar = {"indices": "FILE.json", "array": "FILE.npy"}.get(param.kind, param.kind.upper())
@@ -65,6 +68,8 @@ def run(args) -> int:
     from ..selection import get_method, load_indices_file, run_selection
 
     started = time.perf_counter()
+    if args.record and not (Path(args.features) / "meta.json").is_file():
+        raise BilafError(f"--record needs --features to be a feature-set folder (features.npy + meta.json), not {args.features}")
     features = _load_features(Path(args.features))
     load_seconds = time.perf_counter() - started
     spec = get_method(args.method)
@@ -87,10 +92,17 @@ def run(args) -> int:
     selection = run_selection(args.method, features, args.budget, seed=args.seed, **options)
     out = Path(args.out)
     selection.save(out, args.diagnostics)
+    recorded = ""
+    if args.record:
+        from ..workspace import Workspace
+
+        workspace = Workspace()
+        selection_id = workspace.save_selection(selection, workspace.register_feature_set(args.features))
+        recorded = f"; recorded as {selection_id} in {workspace.root}"
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in selection.timings.items())
     print(
         f"{selection.method}: {selection.budget} picks from {selection.n_pool} samples -> {out} "
-        f"(load {load_seconds:.2f}s, {stages}, wall {time.perf_counter() - started:.2f}s)",
+        f"(load {load_seconds:.2f}s, {stages}, wall {time.perf_counter() - started:.2f}s){recorded}",
         file=sys.stdout,
     )
     return 0
