@@ -1,0 +1,148 @@
+"""Selection quality: every method × budgets × seeds on the offline default, linear-probe accuracy.
+
+    python bench/quality.py            # the full run: 60 000-image pool, B = 10…500, 3 seeds, both pools
+    python bench/quality.py --quick    # a few minutes: first 10 000 train images, B = 10…100, 2 seeds
+    python bench/quality.py --tables   # only reprint the tables and redraw the plot from the CSV
+
+The pool is Fashion-MNIST's training split, the evaluation its test split, both as
+EfficientNet-Lite0 features (extracted once and cached in the workspace).  Two pools: the full
+training split, and the same split with a 100× class imbalance (see ``bilaf_core/benchmark.py``)
+where ``fisher`` matches the unlabeled test features.  Every selection is scored by the linear
+probe of ``bilaf_core.finetune`` on the whole test split.
+
+Output (``--out``, default ``bench/out/``): ``quality.csv`` (one row per selection, written as
+each finishes) and ``quality.png``.  The run is resumable: rows already in the CSV (same
+features) are skipped, so an interrupted run continues where it stopped.  Prints markdown tables:
+accuracy per pool (mean ± std over seeds, in %) and selection time per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # other work shares the cores (see tests/conftest.py)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bilaf_core import benchmark as bm  # noqa: E402
+from bilaf_core.errors import BilafError  # noqa: E402
+
+FULL = {"budgets": "10,20,50,100,200,500", "seeds": "3", "limit": None, "name": "quality"}
+QUICK = {"budgets": "10,20,50,100", "seeds": "2", "limit": 10_000, "name": "quality-quick"}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def extract(split: str, limit, log) -> Path:
+    from bilaf_core.features import extract_features
+
+    last = [0.0]
+
+    def progress(fraction, message):
+        if time.monotonic() - last[0] > 30:
+            last[0] = time.monotonic()
+            log(f"  {split}: {message}")
+
+    limit = limit if split == "train" else None
+    return extract_features("fashion-mnist", "efficientnet-lite0", split=split, limit=limit, progress=progress)
+
+
+def print_tables(rows, pools, out=sys.stdout) -> None:
+    for pool in pools:
+        if not any(r.pool == pool for r in rows):
+            continue
+        title = {"full": "Full pool", "biased": "Biased pool"}[pool]
+        sample = next(r for r in rows if r.pool == pool)
+        extra = f", {sample.imbalance_ratio}x imbalance" if pool == "biased" else ""
+        print(f"\n#### {title} ({sample.n_pool:,} images{extra}) — linear-probe test accuracy, % (mean ± std over seeds)\n", file=out)
+        print(bm.accuracy_table(rows, pool), file=out)
+        print(f"\n#### {title} — selection time per method (mean over seeds)\n", file=out)
+        print(bm.time_table(rows, pool), file=out)
+    errors = [r for r in rows if r.status != "ok"]
+    if errors:
+        print(f"\n{len(errors)} selections failed:", file=out)
+        for r in errors:
+            print(f"  {r.pool} {r.label} B={r.budget} seed {r.seed}: {r.error}", file=out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="first 10 000 training images, B = 10,20,50,100, 2 seeds")
+    parser.add_argument("--budgets", help=f"comma-separated (default {FULL['budgets']}; --quick {QUICK['budgets']})")
+    parser.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a list (default 3; --quick 2)")
+    parser.add_argument("--methods", default="all", help="'all' (every method + bilaf-reference) or a comma-separated list")
+    parser.add_argument("--pool", default="both", choices=("full", "biased", "both"))
+    parser.add_argument("--imbalance-ratio", type=int, default=bm.DEFAULT_IMBALANCE_RATIO)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out"), help="folder for the CSV and the plot (default bench/out)")
+    parser.add_argument("--tables", action="store_true", help="do not run: print the tables and draw the plot from the CSV")
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    budgets = bm.parse_budgets(args.budgets or preset["budgets"])
+    seeds = bm.parse_seeds(args.seeds or preset["seeds"])
+    pools = bm.parse_pools(args.pool)
+    out_dir = Path(args.out)
+    csv_path = out_dir / f"{preset['name']}.csv"
+    plot_path = out_dir / f"{preset['name']}.png"
+
+    def log(message):
+        print(message, flush=True)
+
+    rows = bm.read_results(csv_path)
+    if not args.tables:
+        log(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}")
+        started = time.perf_counter()
+        train_dir = extract("train", preset["limit"], log)
+        test_dir = extract("test", None, log)
+        log(f"features: {train_dir}\n          {test_dir}  ({time.perf_counter() - started:.0f} s)")
+        from bilaf_core.features import load_feature_set
+
+        key = load_feature_set(train_dir).meta.get("key", "")
+        stale = [r for r in rows if r.features_key != key]
+        if stale:
+            log(f"{csv_path}: {len(stale)} rows from other features ({stale[0].features_key}) are kept but not reused")
+        done = bm.completed_keys(rows, key)
+        variants = bm.resolve_methods(args.methods)
+        total = bm.plan_size(variants, budgets, seeds, pools)
+        left = sum(1 for v in variants for b in budgets for s in seeds for p in pools if (p, v.label, b, s) not in done)
+        log(f"plan: {len(variants)} methods x {len(budgets)} budgets x {len(seeds)} seeds x {len(pools)} pools = {total} rows; "
+            f"{total - left} already in {csv_path}, {left} to run")
+        run_started = time.perf_counter()
+        finished = 0
+        for row in bm.run_benchmark(train_dir, methods=args.methods, budgets=budgets, seeds=seeds, pools=pools,
+                                    test_feature_dir=test_dir, imbalance_ratio=args.imbalance_ratio, done=done):
+            rows.append(row)
+            bm.write_results(csv_path, rows)
+            finished += 1
+            elapsed = time.perf_counter() - run_started
+            result = f"{100 * row.accuracy:5.1f}%" if row.status == "ok" else f"error: {row.error}"
+            log(f"[{finished}/{left} {elapsed / 60:5.1f} min] seed {row.seed} {row.pool:6s} B={row.budget:<4d} {row.label:26s} "
+                f"{result}  select {row.selection_s:7.2f}s  eval {row.eval_s:5.2f}s  classes {row.classes_covered}"
+                + (f"  minority picks {row.minority_picks}" if row.pool == "biased" else ""))
+    if not rows:
+        raise BilafError(f"{csv_path} holds no results yet; run without --tables first")
+    print_tables(rows, pools)
+    bm.plot_results(rows, plot_path, pools=pools)
+    log(f"\nwrote {csv_path} and {plot_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BilafError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
