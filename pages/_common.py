@@ -292,40 +292,54 @@ def ensure_projection(fs: dict) -> str | None:
 
 
 def feature_sets() -> list[dict]:
-    """The workspace's feature sets, newest first, each with `id`, `path`, `n`, `dim`, `label`…"""
-    out = []
-    for row in workspace().list_feature_sets():
-        out.append(describe_feature_set(row))
+    """The workspace's feature sets, each with `id`, `path`, `n`, `dim`, `label`…: pools first
+    (newest first), then the test splits that evaluation extracted beside them."""
+    out = [describe_feature_set(row) for row in workspace().list_feature_sets()]
     out.sort(key=lambda r: str(r.get("created") or ""), reverse=True)
+    out.sort(key=lambda r: r["split"] == "test")  # stable: keeps newest first within each group
     return out
 
 
+_IMPORT_FOLDER = __import__("re").compile(r"^import-(.+?)(?:-\d{8}-\d{6})?$")
+
+
 def describe_feature_set(row: dict) -> dict:
+    """A workspace row (or ``{"id", "path", "meta"}``) as the pages show it, with a `label`
+    such as ``Fashion-MNIST · efficientnet-lite0 · 10,000 images`` or
+    ``mine (imported embeddings) · 400 × 24``."""
     meta = row.get("meta") or {}
-    get = lambda k, default=None: row.get(k, meta.get(k, default))  # noqa: E731
-    dataset = get("dataset") or {}
-    if isinstance(dataset, dict):
-        ds_name = dataset.get("name") or "embeddings"
-        limit = dataset.get("limit")
-        split = dataset.get("split")
-    else:
-        ds_name, limit, split = str(dataset), None, None
+    get = lambda k, default=None: row[k] if row.get(k) is not None else meta.get(k, default)  # noqa: E731
+    dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {"name": row.get("dataset")}
+    ds_name = dataset.get("name") or "embeddings"
+    limit, split = dataset.get("limit"), dataset.get("split")
     n = int(get("n", 0) or 0)
+    dim = int(get("dim", 0) or 0)
     backbone = get("backbone") or "imported"
-    label = f"{ds_name} · {backbone} · {n:,} images"
+    timings = dict(get("timings") or {})
+    timings.setdefault("total", timings.get("import"))
+    if ds_name == "imported" or backbone == "imported":
+        folder = Path(str(row.get("path") or "")).name
+        found = _IMPORT_FOLDER.match(folder)
+        name = found.group(1) if found else folder or "embeddings"
+        label = f"{name} (imported embeddings) · {n:,} × {dim}"
+        ds_name, backbone = "imported", "imported"
+    else:
+        title = dataset_title(ds_name).split(" (")[0]
+        part = "" if split in (None, "train") else f" {split} split"
+        label = f"{title}{part} · {backbone} · {n:,} images"
     return {
         **row,
         "id": str(row.get("id") or row.get("feature_set_id")),
         "path": str(row.get("path")),
         "n": n,
-        "dim": int(get("dim", 0) or 0),
+        "dim": dim,
         "dataset": ds_name,
         "split": split,
         "limit": limit,
         "backbone": backbone,
         "created": get("created"),
-        "timings": get("timings") or {},
-        "has_labels": bool(get("has_labels", meta.get("labels") is not None if meta else False)),
+        "timings": timings,
+        "has_labels": bool(get("has_labels", meta.get("labels") is not None)),
         "label": label,
     }
 
@@ -669,42 +683,59 @@ def page_opened_at() -> float:
     return st.session_state.setdefault("_opened_at", time.time())
 
 
-def submit_evaluation(fs: dict, selection_id: str, mode: str, *, seed: int, title: str) -> str:
+def submit_evaluation(fs: dict, selection_id: str, mode: str, *, seed: int, title: str, options: dict | None = None) -> str:
+    """Evaluate a saved selection in the background (`options`: ``preset``, ``epochs``… for a
+    finetune) and save the result in the workspace."""
     from bilaf_core.finetune import evaluate_selection
 
     ws = workspace()
     path = fs["path"]
+    options = dict(options or {})
 
     def work(progress):
         selection = ws.load_selection(selection_id)
-        result = evaluate_selection(path, selection.indices, mode, seed=seed, progress=progress)
+        result = evaluate_selection(path, selection.indices, mode, seed=seed, progress=progress, **options)
         evaluation_id = ws.save_evaluation(selection_id, result)
         return {"evaluation_id": evaluation_id, "accuracy": result.accuracy}
 
-    key = f"evaluate:{selection_id}:{mode}:{seed}"
-    return job_manager().submit("evaluate", title, work, key=key, params={"mode": mode, "seed": seed},
+    key = f"evaluate:{selection_id}:{mode}:{seed}:{sorted(options.items())}"
+    return job_manager().submit("evaluate", title, work, key=key, params={"mode": mode, "seed": seed, **options},
                                 tags={"feature_set": fs["id"], "selection": selection_id})
+
+
+def finetune_presets() -> dict[str, str]:
+    """Finetuning recipes the engine offers: name -> one-line summary."""
+    from bilaf_core import finetune
+
+    return {name: getattr(p, "summary", "") for name, p in getattr(finetune, "PRESETS", {}).items()}
 
 
 def evaluations(feature_set_id: str) -> list[dict]:
     """The workspace's evaluations of this feature set's selections, newest first, as flat dicts
-    (selection_id, mode, accuracy, per_class, confusion, class_names, n_train, seconds, created)."""
+    (selection_id, mode, accuracy, per_class, confusion, class_names, n_train, test_set, seconds,
+    created)."""
     out = []
     for row in workspace().list_evaluations(feature_set_id=feature_set_id):
         result = row.get("result") or {}
-        get = lambda k, default=None: row.get(k, result.get(k, default))  # noqa: E731
-        timings = get("timings") or {}
+        get = lambda k, default=None: row[k] if row.get(k) is not None else result.get(k, default)  # noqa: E731
+        timings = result.get("timings") or {}
+        params = result.get("params") or {}
+        if get("accuracy") is None:
+            continue
         out.append({
             "id": row.get("id"),
             "selection_id": row.get("selection_id"),
             "mode": get("mode"),
+            "preset": params.get("preset"),
             "accuracy": float(get("accuracy")),
-            "per_class": get("per_class"),
-            "confusion": get("confusion"),
-            "class_names": get("class_names"),
-            "n_train": get("n_train"),
-            "seconds": timings.get("total") if isinstance(timings, dict) else None,
-            "created": get("created"),
+            "per_class": result.get("per_class"),
+            "confusion": result.get("confusion"),
+            "class_names": result.get("class_names"),
+            "n_train": result.get("n_train"),
+            "test_set": params.get("test_set"),
+            "seed": params.get("seed"),
+            "seconds": row.get("seconds") if row.get("seconds") is not None else timings.get("total"),
+            "created": row.get("created"),
         })
     out.sort(key=lambda r: str(r.get("created") or ""), reverse=True)
     return out

@@ -290,47 +290,63 @@ def toy_figure(
 
 
 def accuracy_vs_budget_figure(rows: Sequence[dict], *, height: int = 420) -> go.Figure:
-    """rows: dicts with method, budget, accuracy (0..1), label (legend name).  One line per
-    method (mean over seeds at each budget, seeds drawn as faint dots)."""
+    """rows: dicts with method, budget, accuracy (0..1) and optionally `series` (the legend name
+    and grouping, default the method's label; hand-edited selections get a dashed line).  One
+    line per series: the mean over the selections at each budget (several seeds), single
+    selections drawn as faint dots when a budget has more than one."""
     fig = go.Figure()
-    by_method: dict[str, list[dict]] = {}
+    by_series: dict[str, list[dict]] = {}
     for r in rows:
-        by_method.setdefault(r["method"], []).append(r)
-    for method, items in by_method.items():
+        by_series.setdefault(r.get("series") or palette.method_label(r["method"]), []).append(r)
+    all_budgets = sorted({int(r["budget"]) for r in rows})
+    for name, items in by_series.items():
+        method = items[0]["method"]
         budgets = sorted({int(r["budget"]) for r in items})
         means = [float(np.mean([r["accuracy"] for r in items if int(r["budget"]) == b])) for b in budgets]
+        runs = [sum(1 for r in items if int(r["budget"]) == b) for b in budgets]
         color = palette.method_color(method)
         fig.add_trace(go.Scatter(
-            x=budgets, y=[100 * m for m in means], mode="lines+markers", name=palette.method_label(method),
-            line=dict(color=color, width=2.5), marker=dict(color=color, symbol=palette.method_symbol(method), size=9),
-            hovertemplate="%{fullData.name}<br>budget %{x}<br>accuracy %{y:.2f}%<extra></extra>",
+            x=budgets, y=[100 * m for m in means], mode="lines+markers", name=name, customdata=runs,
+            line=dict(color=color, width=2.5, dash="dash" if items[0].get("edited") else "solid"),
+            marker=dict(color=color, symbol=palette.method_symbol(method), size=10, line=dict(width=1, color="white")),
+            hovertemplate="%{fullData.name}<br>budget %{x:,}<br>accuracy %{y:.2f}% (mean of %{customdata})<extra></extra>",
         ))
         if len(items) > len(budgets):
             fig.add_trace(go.Scatter(
-                x=[int(r["budget"]) for r in items], y=[100 * r["accuracy"] for r in items], mode="markers",
-                marker=dict(color=color, size=5, opacity=0.35), showlegend=False, hoverinfo="skip",
+                x=[int(r["budget"]) for r in items], y=[100 * r["accuracy"] for r in items], mode="markers", name=name,
+                marker=dict(color=color, size=6, opacity=0.35), showlegend=False, hoverinfo="skip",
             ))
+    log_x = len(all_budgets) > 1 and all_budgets[-1] >= 8 * max(all_budgets[0], 1)
     fig.update_layout(
         height=height, font=FONT, plot_bgcolor="white", paper_bgcolor="white", margin=dict(l=10, r=10, t=10, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0), hovermode="closest",
-        xaxis=dict(title="budget (labelled samples)", gridcolor="#eeeeee"),
+        xaxis=dict(title="budget (labelled samples)" + (", log scale" if log_x else ""), gridcolor="#eeeeee",
+                   type="log" if log_x else "linear", tickvals=all_budgets if len(all_budgets) <= 8 else None),
         yaxis=dict(title="test accuracy (%)", gridcolor="#eeeeee"),
     )
     return fig
 
 
+#: bar patterns that tell apart two selections of the same method (same colour) in one chart
+_PATTERNS = ("", "/", "x", ".", "\\", "+")
+
+
 def per_class_figure(class_names: Sequence[str], series: Sequence[tuple[str, str, Sequence[float]]], *, height: int = 380) -> go.Figure:
-    """Grouped bars: one group per class, one bar per (method, legend name, per-class accuracy)."""
+    """Grouped bars: one group per class, one bar per (method, legend name, per-class accuracy);
+    a class with no test sample (None) has no bar."""
     fig = go.Figure()
+    seen: dict[str, int] = {}
     for method, name, values in series:
+        repeat = seen[method] = seen.get(method, -1) + 1
         fig.add_trace(go.Bar(
-            x=list(class_names), y=[100 * v for v in values], name=name, marker_color=palette.method_color(method),
+            x=list(class_names), y=[None if v is None else 100 * v for v in values], name=name,
+            marker=dict(color=palette.method_color(method), pattern=dict(shape=_PATTERNS[repeat % len(_PATTERNS)], fillmode="overlay")),
             hovertemplate="%{x}<br>%{y:.1f}%<extra>" + name + "</extra>",
         ))
     fig.update_layout(
         barmode="group", height=height, font=FONT, plot_bgcolor="white", paper_bgcolor="white",
         margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
-        yaxis=dict(title="per-class accuracy (%)", gridcolor="#eeeeee", range=[0, 100]),
+        yaxis=dict(title="per-class accuracy (%)", gridcolor="#eeeeee", range=[0, 100]), xaxis=dict(tickangle=-30),
     )
     return fig
 
