@@ -19,8 +19,11 @@ Modes
     weight ``exp(cosine / temperature)`` (temperature 0.07, DINO's weighted k-NN evaluation);
     k defaults to 20 and is capped at the number of picks.
 ``finetune``
-    The whole backbone plus a new linear head trained on the picked *images*; see
-    :func:`finetune_backbone` and :data:`PRESETS`.  Evaluated once, on the final model.
+    The whole backbone plus a new linear head trained on the picked *images* (reopened with
+    :func:`bilaf_core.datasets.dataset_from_meta`, the backbone rebuilt from ``meta["backbone"]``);
+    presets in :data:`PRESETS`.  Tested once, at the end of training: the final model, never the
+    best of several evaluations.  Under ``torchrun`` the picks are sharded with a
+    DistributedSampler (DDP; NCCL on GPUs, gloo on CPUs) and rank 0 writes the checkpoint.
 
 The test set is `test_feature_dir` when given; otherwise the test split of the dataset the
 features came from (its features extracted with the same backbone, weights, image size and
@@ -48,7 +51,7 @@ from .errors import BilafError
 
 ProgressFn = Callable[[float, str], None]
 
-MODES = ("linear-probe", "knn")
+MODES = ("linear-probe", "knn", "finetune")
 
 #: linear probe: L2 penalty on the weights, per mean-loss unit.  Chosen once on Fashion-MNIST
 #: EfficientNet-Lite0 features with picks and validation both drawn from the *train* pool (never
@@ -437,7 +440,9 @@ def evaluate_selection(feature_dir, picks, mode: str = "linear-probe", *, test_f
     seed : random seed (finetune's initialisation, order and augmentation; recorded always).
     progress : ``progress(fraction, message)``; may raise Cancelled, which propagates.
     options : linear-probe: ``weight_decay``, ``max_iter``; knn: ``k``, ``temperature``;
-        finetune: see :func:`finetune_backbone`; every mode: ``weights``/``download`` to
+        finetune: any :class:`FinetunePreset` field (``epochs``, ``lr``, ``batch_size``,
+        ``image_size``…) and ``num_workers``, ``device``, ``checkpoint_dir``,
+        ``eval_batch_size``; every mode: ``weights``/``download`` to
         rebuild the backbone for the test split when the pool used a checkpoint file.
     """
     from .features import load_feature_set
@@ -457,6 +462,9 @@ def evaluate_selection(feature_dir, picks, mode: str = "linear-probe", *, test_f
         _check_options(mode, options, ("weight_decay", "max_iter") + common)
     elif mode == "knn":
         _check_options(mode, options, ("k", "temperature") + common)
+    else:
+        return _evaluate_finetune(feature_dir, picks, test_feature_dir=test_feature_dir, preset=preset, seed=seed,
+                                  progress=progress, **options)
     timings = {}
     tick = time.perf_counter()
     report(0.0, "loading features")
@@ -506,3 +514,610 @@ def evaluate_selection(feature_dir, picks, mode: str = "linear-probe", *, test_f
     return EvalResult(mode=mode, accuracy=accuracy, per_class=per_class, confusion=confusion, class_names=class_names,
                       n_train=int(len(picks)), params=_json_safe(params),
                       timings={k: round(v, 4) for k, v in timings.items()})
+
+
+# --------------------------------------------------------------------------------------------
+# Finetuning the backbone
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinetunePreset:
+    """Hyper-parameters of a finetuning run (every field can be overridden as an option).
+
+    ``batch_size`` is the *global* batch (split across torchrun processes), and ``lr`` is the
+    learning rate at that batch, so the schedule does not change with the number of GPUs.
+    The learning rate follows a linear warm-up from ``warmup_lr`` over ``warmup_epochs``, then a
+    cosine from ``lr`` at epoch 0 to ``min_lr`` at the last epoch, updated every step.
+    """
+
+    name: str
+    summary: str
+    epochs: int
+    batch_size: int
+    lr: float
+    min_lr: float
+    warmup_epochs: float
+    warmup_lr: float
+    weight_decay: float
+    label_smoothing: float
+    drop_path: float
+    clip_grad: float
+    image_size: int
+    #: RandomResizedCrop area range; aspect ratio range is torchvision's (3/4, 4/3)
+    crop_scale: tuple
+    #: test transform: centre crop of this fraction of the shorter side, resized to image_size
+    test_crop_fraction: float
+    momentum: float = 0.9
+    nesterov: bool = True
+    hflip: float = 0.5
+    interpolation: str = "bicubic"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, FinetunePreset] = {
+    # The BiLAF / ActiveFT finetuning recipe (their DeiT-based training scripts, run as their
+    # READMEs say: 2 processes x 256 images, --clip-grad 2.0): SGD momentum 0.9 nesterov, lr 3e-3
+    # at 512 images per step (BiLAF's default; ActiveFT used 1e-2), weight decay 1e-4 (not on
+    # biases, norms, position embedding and class token), 1000 epochs, 5 warm-up epochs from
+    # 1e-6, cosine to 1e-5, label smoothing 0.1, drop path 0.1, RandomResizedCrop(224, bicubic)
+    # + horizontal flip, test: resize to 256 and centre crop 224.
+    "paper": FinetunePreset(
+        name="paper", summary="BiLAF/ActiveFT recipe for DINO ViT-S/16 at 224 px: SGD nesterov, 1000 epochs (GPU)",
+        epochs=1000, batch_size=512, lr=3e-3, min_lr=1e-5, warmup_epochs=5, warmup_lr=1e-6, weight_decay=1e-4,
+        label_smoothing=0.1, drop_path=0.1, clip_grad=2.0, image_size=224, crop_scale=(0.08, 1.0),
+        test_crop_fraction=224 / 256,
+    ),
+    # Minutes on two CPU cores: the offline EfficientNet-Lite0 at 64 px (the extraction size),
+    # the same optimiser and loss, a short schedule, milder crops; the test transform is the one
+    # features are extracted with (shorter side to 64, centre crop).
+    "cpu-quick": FinetunePreset(
+        name="cpu-quick", summary="EfficientNet-Lite0 at 64 px, 8 epochs: minutes on 2 CPU cores",
+        epochs=8, batch_size=64, lr=1e-2, min_lr=1e-5, warmup_epochs=1, warmup_lr=1e-6, weight_decay=1e-4,
+        label_smoothing=0.1, drop_path=0.0, clip_grad=2.0, image_size=64, crop_scale=(0.35, 1.0),
+        test_crop_fraction=1.0,
+    ),
+}
+
+#: options evaluate_selection(mode="finetune") takes besides the preset's fields
+FINETUNE_RUN_OPTIONS = ("num_workers", "device", "checkpoint_dir", "weights", "download", "eval_batch_size")
+_PRESET_INT = ("epochs", "batch_size", "image_size")
+_PRESET_FLOAT = ("lr", "min_lr", "warmup_epochs", "warmup_lr", "weight_decay", "label_smoothing", "drop_path", "clip_grad",
+                 "test_crop_fraction", "hflip", "momentum")
+#: test images per forward pass (per process)
+DEFAULT_EVAL_BATCH = {"cpu": 128, "cuda": 512}
+#: the new head starts from N(0, HEAD_INIT_STD^2) weights and zero bias
+HEAD_INIT_STD = 0.01
+
+
+def _default_preset(meta: dict) -> str:
+    return "paper" if meta.get("backbone") == "dino-vits16" else "cpu-quick"
+
+
+def _finetune_config(preset_name: str, options: dict) -> FinetunePreset:
+    """The preset with `options` applied and checked."""
+    if preset_name not in PRESETS:
+        raise BilafError(f"unknown finetune preset {preset_name!r}; use one of: {', '.join(PRESETS)}")
+    allowed = _PRESET_INT + _PRESET_FLOAT + ("crop_scale", "nesterov", "interpolation") + FINETUNE_RUN_OPTIONS
+    _check_options("finetune", options, allowed)
+    changes = {}
+    for name in _PRESET_INT:
+        if options.get(name) is not None:
+            changes[name] = _positive_int(name, options[name], 8 if name == "image_size" else 1)
+    for name in _PRESET_FLOAT:
+        if options.get(name) is not None:
+            changes[name] = _positive_float(name, options[name], allow_zero=name not in ("lr", "test_crop_fraction"))
+    if options.get("crop_scale") is not None:
+        try:
+            low, high = (float(v) for v in options["crop_scale"])
+        except (TypeError, ValueError):
+            raise BilafError(f"crop_scale must be two numbers (low, high), got {options['crop_scale']!r}") from None
+        if not 0 < low <= high <= 1:
+            raise BilafError(f"crop_scale must satisfy 0 < low <= high <= 1, got {options['crop_scale']!r}")
+        changes["crop_scale"] = (low, high)
+    if options.get("nesterov") is not None:
+        changes["nesterov"] = bool(options["nesterov"])
+    if options.get("interpolation") is not None:
+        if options["interpolation"] not in ("bicubic", "bilinear"):
+            raise BilafError(f"interpolation must be bicubic or bilinear, got {options['interpolation']!r}")
+        changes["interpolation"] = options["interpolation"]
+    config = PRESETS[preset_name]
+    if changes:
+        import dataclasses
+
+        config = dataclasses.replace(config, **changes)
+    if config.test_crop_fraction > 1 or config.hflip > 1 or config.label_smoothing >= 1 or config.momentum >= 1:
+        raise BilafError("test_crop_fraction and hflip must be at most 1; label_smoothing and momentum below 1")
+    if config.min_lr > config.lr:
+        raise BilafError(f"min_lr ({config.min_lr}) must not exceed lr ({config.lr})")
+    return config
+
+
+def learning_rate(epoch: float, config: FinetunePreset) -> float:
+    """The learning rate at (fractional) `epoch`: linear warm-up, then cosine to min_lr."""
+    if epoch < config.warmup_epochs:
+        return config.warmup_lr + (config.lr - config.warmup_lr) * epoch / config.warmup_epochs
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1.0 + math.cos(math.pi * min(epoch / config.epochs, 1.0)))
+
+
+# ---- images on the device ---------------------------------------------------------------------
+
+
+def _pixels_to_tensor(pixels: np.ndarray, device):
+    """uint8 (n, H, W[, 3]) → float (n, 3, H, W) in [0, 1] on `device`."""
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(device, non_blocking=True)
+    x = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
+    x = x.float().div_(255.0)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def random_resized_crop(x, size: int, *, scale: tuple, ratio: tuple = (3 / 4, 4 / 3), hflip: float = 0.5,
+                        interpolation: str = "bicubic", generator=None):
+    """torchvision's RandomResizedCrop + RandomHorizontalFlip, one independent draw per image,
+    for a whole batch at once (an affine sampling grid per image; no Python loop over images).
+
+    Up to 10 (area, aspect) draws per image, the first that fits is used; if none fits, the
+    centre crop with the aspect clamped to `ratio` (as torchvision).  Parameters are drawn on the
+    CPU from `generator`, so a seed gives the same crops on any device.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n, _, height, width = x.shape
+    tries = 10
+    area = torch.empty(n, tries, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator) * height * width
+    log_ratio = torch.empty(n, tries, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_ratio)
+    crop_w = torch.sqrt(area * aspect).round()
+    crop_h = torch.sqrt(area / aspect).round()
+    fits = (crop_w >= 1) & (crop_w <= width) & (crop_h >= 1) & (crop_h <= height)
+    first = fits.to(torch.int8).argmax(dim=1)
+    rows = torch.arange(n)
+    crop_w, crop_h = crop_w[rows, first], crop_h[rows, first]
+    in_ratio = width / height
+    fallback_w = float(width) if in_ratio <= ratio[1] else float(round(height * ratio[1]))
+    fallback_h = float(height) if in_ratio >= ratio[0] else float(round(width / ratio[0]))
+    any_fit = fits.any(dim=1)
+    crop_w = torch.where(any_fit, crop_w, torch.full_like(crop_w, fallback_w))
+    crop_h = torch.where(any_fit, crop_h, torch.full_like(crop_h, fallback_h))
+    uniform = torch.rand(n, 3, dtype=torch.float64, generator=generator)
+    top = torch.where(any_fit, torch.floor(uniform[:, 0] * (height - crop_h + 1)), (height - crop_h) // 2)
+    left = torch.where(any_fit, torch.floor(uniform[:, 1] * (width - crop_w + 1)), (width - crop_w) // 2)
+    flip = torch.where(uniform[:, 2] < hflip, -1.0, 1.0).to(torch.float64)
+    # output coordinate u in [-1, 1] samples input pixel position left + (u + 1) / 2 * crop_w
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0] = flip * crop_w / width
+    theta[:, 0, 2] = (2 * left + crop_w) / width - 1
+    theta[:, 1, 1] = crop_h / height
+    theta[:, 1, 2] = (2 * top + crop_h) / height - 1
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    out = F.grid_sample(x, grid, mode=interpolation, padding_mode="border", align_corners=False)
+    return out.clamp_(0.0, 1.0)
+
+
+def center_crop_resize(x, size: int, *, fraction: float = 1.0, interpolation: str = "bicubic"):
+    """The test transform: the centre square of `fraction` x the shorter side, resized to `size`
+    (antialiased) — for fraction 224/256 the same as resize-256-then-centre-crop-224."""
+    import torch.nn.functional as F
+
+    height, width = x.shape[-2:]
+    side = max(1, round(min(height, width) * fraction))
+    top, left = (height - side) // 2, (width - side) // 2
+    x = x[:, :, top:top + side, left:left + side]
+    if side != size:
+        x = F.interpolate(x, size=(size, size), mode=interpolation, align_corners=False, antialias=True)
+    return x.clamp_(0.0, 1.0)
+
+
+def _normalise(x, mean, std):
+    import torch
+
+    mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
+
+
+class _BatchImages:
+    """Map-style dataset whose item b is batch b's uint8 pixels (decoded in DataLoader workers)."""
+
+    def __init__(self, dataset, batches: list, base_size: int):
+        self.dataset, self.batches, self.base_size = dataset, batches, base_size
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, item: int) -> np.ndarray:
+        return _load_pixels(self.dataset, self.batches[item], self.base_size)
+
+
+def _load_pixels(dataset, rows: np.ndarray, base_size: int) -> np.ndarray:
+    """uint8 pixels of dataset rows: the raw arrays of in-memory datasets, else each image file
+    resized (shorter side to `base_size`) and centre-cropped."""
+    if dataset.in_memory:
+        return dataset.load_array_batch(np.asarray(rows, dtype=np.int64))
+    images = []
+    for index in np.asarray(rows).tolist():  # decoding files is the one per-image step
+        try:
+            images.append(dataset.load_resized(index, base_size))
+        except Exception as exc:
+            raise BilafError(f"cannot read image {dataset.ids[index]!r} ({type(exc).__name__}: {exc}); "
+                             "fix or remove it and re-extract the features") from None
+    return np.stack(images)
+
+
+def _iter_pixels(dataset, batches: list, base_size: int, workers: int):
+    """Yield the uint8 pixels of each batch of rows, in order (background decoding for files)."""
+    if dataset.in_memory or workers <= 0:
+        for rows in batches:
+            yield _load_pixels(dataset, rows, base_size)
+        return
+    import threading
+
+    from torch.utils.data import DataLoader
+
+    context = None if threading.active_count() == 1 else "forkserver"  # why: features._iter_batches
+    yield from DataLoader(_BatchImages(dataset, batches, base_size), batch_size=None, shuffle=False,
+                          num_workers=workers, prefetch_factor=4, multiprocessing_context=context)
+
+
+# ---- the model --------------------------------------------------------------------------------
+
+
+def build_classifier(spec, source, *, image_size: int, n_classes: int, drop_path: float = 0.0, seed: int = 0):
+    """The whole timm network of `spec` with `source`'s weights and a new `n_classes` head.
+
+    Unlike feature extraction, batch norms are not folded and the network is not cut at a
+    layer: everything up to the pooled embedding is trained, plus the head.
+    """
+    import timm
+    import torch
+
+    from .backbones import _load_into, load_checkpoint, map_lite0_state_dict
+
+    kwargs = dict(spec.create_kwargs)
+    if spec.fixed_input_size:
+        kwargs["img_size"] = image_size
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
+    if source.kind == "random":
+        torch.manual_seed(0)  # the same random backbone as extraction's
+    if source.kind == "timm-pretrained":
+        try:
+            model = timm.create_model(spec.timm_name, pretrained=True, num_classes=0, **kwargs)
+        except Exception as exc:
+            raise BilafError(f"could not download weights for {spec.timm_name} ({type(exc).__name__}: {exc}); "
+                             "pass weights=PATH (CLI: --weights PATH) to a local checkpoint") from None
+    elif source.kind == "bundled":
+        # the packaged tensors map one to one onto the model *with* its ImageNet classifier
+        model = timm.create_model(spec.timm_name, num_classes=1000, **kwargs)
+        state = torch.load(source.path, map_location="cpu", weights_only=True)
+        model.load_state_dict(map_lite0_state_dict(state, model.state_dict()), strict=True)
+    else:
+        model = timm.create_model(spec.timm_name, num_classes=0, **kwargs)
+        if source.kind == "file":
+            _load_into(model, load_checkpoint(source.path), spec, str(source.path))
+    model.reset_classifier(n_classes)
+    head = model.get_classifier()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * HEAD_INIT_STD)
+        head.bias.zero_()
+    return model
+
+
+def _parameter_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on weights only: not on biases, norm scales, position embeddings, class tokens."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (no_decay if parameter.ndim <= 1 or name in skip or name.endswith(".bias") else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ---- the test images --------------------------------------------------------------------------
+
+
+def _finetune_test_images(pool, pool_images, picks: np.ndarray, test_feature_dir):
+    """(dataset, labels, description) of the test images, in the same order of preference as
+    the feature modes: given test set, the dataset's test split, the unpicked pool."""
+    from .datasets import SubsetDataset, dataset_from_meta, get_dataset
+    from .features import load_feature_set
+
+    if test_feature_dir is not None:
+        test = load_feature_set(test_feature_dir)
+        labels = _labels_of(test, "test feature set")
+        return dataset_from_meta(test.meta), labels, f"images of {test.path} ({test.n:,} samples)"
+    info = pool.meta.get("dataset") or {}
+    if _dataset_has_test_split(info):
+        dataset = get_dataset(info["name"], root=info.get("root"), split="test")
+        if dataset.labels is None:
+            raise BilafError(f"the test split of {info['name']} under {info.get('root')} has no labels; "
+                             "give labelled test features with test_feature_dir (CLI: --test-features DIR)")
+        return dataset, np.asarray(dataset.labels, dtype=np.int64), f"{info['name']} test split ({len(dataset):,} samples)"
+    holdout = np.setdiff1d(np.arange(pool.n, dtype=np.int64), picks, assume_unique=True)
+    if holdout.size == 0:
+        raise BilafError("every pool sample is picked, so none is left to test on and the dataset has no test split; "
+                         "pass test_feature_dir (CLI: --test-features DIR) with labelled test features")
+    labels = _labels_of(pool, "feature set")[holdout]
+    return SubsetDataset(pool_images, holdout), labels, f"pool-holdout: {holdout.size:,} unpicked samples"
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+
+def _epoch_batches(n_train: int, epochs: int, per_rank_batch: int, world: int, rank: int, seed: int) -> list[list]:
+    """Per epoch, this rank's batches of positions into the picks (DistributedSampler order).
+
+    A trailing batch of one image is merged into the one before it: batch norm needs more than
+    one value per channel.
+    """
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n_train), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    plan = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        order = np.fromiter(iter(sampler), dtype=np.int64)
+        batches = [order[i:i + per_rank_batch] for i in range(0, len(order), per_rank_batch)]
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            batches[-2] = np.concatenate(batches[-2:])
+            batches.pop()
+        plan.append(batches)
+    return plan
+
+
+def _autocast(device, amp: str | None):
+    import torch
+
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _train(model, optimizer, config: FinetunePreset, images, rows: np.ndarray, labels: np.ndarray, plan: list,
+           *, base_size: int, workers: int, device, amp, generator, mean, std, report: ProgressFn, rank: int) -> dict:
+    """Run every planned step; returns a few numbers about the run (loss, steps, images/s)."""
+    import torch
+
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    flat = [(epoch, step, len(batches), batch) for epoch, batches in enumerate(plan) for step, batch in enumerate(batches)]
+    total_steps = len(flat)
+    labels_t = torch.from_numpy(labels.astype(np.int64))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    model.train()
+    started, seen, last_loss = time.perf_counter(), 0, math.nan
+    pixel_batches = _iter_pixels(images, [rows[batch] for _, _, _, batch in flat], base_size, workers)
+    for number, ((epoch, step, steps_in_epoch, batch), pixels) in enumerate(zip(flat, pixel_batches), start=1):
+        lr = learning_rate(epoch + step / steps_in_epoch, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = random_resized_crop(_pixels_to_tensor(pixels, device), config.image_size, scale=config.crop_scale,
+                                hflip=config.hflip, interpolation=config.interpolation, generator=generator)
+        x = _normalise(x, mean, std)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels_t[torch.from_numpy(batch)].to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if config.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        last_loss = loss.detach().item()
+        seen += len(batch)
+        elapsed = time.perf_counter() - started
+        eta = _format_seconds(elapsed / number * (total_steps - number))
+        report(0.9 * number / total_steps, f"finetune: epoch {epoch + 1}/{config.epochs}, step {number}/{total_steps}, "
+               f"loss {last_loss:.3f}, lr {lr:.2g}, ETA {eta}")
+    elapsed = time.perf_counter() - started
+    return {"steps": total_steps, "final_train_loss": last_loss,
+            "train_images_per_second": round(seen / elapsed, 2) if elapsed > 0 else None}
+
+
+def _predict(model, images, rows: np.ndarray, config: FinetunePreset, *, base_size: int, workers: int, batch: int,
+             device, amp, mean, std, report: ProgressFn) -> np.ndarray:
+    import torch
+
+    model.eval()
+    batches = [rows[i:i + batch] for i in range(0, len(rows), batch)]
+    out = []
+    with torch.inference_mode():
+        for number, pixels in enumerate(_iter_pixels(images, batches, base_size, workers), start=1):
+            x = center_crop_resize(_pixels_to_tensor(pixels, device), config.image_size,
+                                   fraction=config.test_crop_fraction, interpolation=config.interpolation)
+            x = _normalise(x, mean, std)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, amp):
+                logits = model(x)
+            out.append(logits.float().argmax(dim=1).cpu().numpy())
+            report(0.9 + 0.1 * number / len(batches), f"finetune: testing the final model, batch {number}/{len(batches)}")
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def _format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _default_checkpoint_dir(pool_path: Path, preset: str) -> Path:
+    import uuid
+
+    from .datasets import workspace_root
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return workspace_root() / "checkpoints" / f"{pool_path.name}-{preset}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def _evaluate_finetune(feature_dir, picks, *, test_feature_dir, preset, seed: int, progress, **options) -> EvalResult:
+    """``evaluate_selection(mode="finetune")``: see :data:`PRESETS` and the module docstring."""
+    import torch
+
+    from .atomic import atomic_write_json
+    from .backbones import cpu_count, get_backbone_spec, resolve_weights
+    from .datasets import dataset_from_meta
+    from .features import _cpu_threads, _init_distributed, load_feature_set, resolve_device
+
+    started = time.perf_counter()
+    report = progress or (lambda fraction, message: None)
+    timings = {}
+    report(0.0, "finetune: loading the picks and their images")
+    pool = load_feature_set(feature_dir)
+    picks = validate_picks(picks, pool.n)
+    pool_labels = _labels_of(pool, "feature set")
+    preset_name = preset or _default_preset(pool.meta)
+    config = _finetune_config(preset_name, options)
+    if pool.meta.get("backbone") in (None, "imported") or (pool.meta.get("dataset") or {}).get("name") == "imported":
+        raise BilafError("finetune trains the backbone on the picked images, but these are imported embeddings with no "
+                         "images or backbone behind them; use mode linear-probe or knn")
+    pool_images = dataset_from_meta(pool.meta)
+    test_images, test_labels, test_description = _finetune_test_images(pool, pool_images, picks, test_feature_dir)
+    class_names = _class_names(pool.meta, [pool_labels, test_labels])
+    spec = get_backbone_spec(pool.meta["backbone"])
+    weights, download = _weights_for(pool.meta, options)
+    source = resolve_weights(spec, weights, allow_network=download)
+    if pool.meta.get("weights_digest") and source.digest != pool.meta["weights_digest"]:
+        raise BilafError(f"the weights given ({source.digest}) are not those the features were extracted with "
+                         f"({pool.meta['weights_digest']}); pass the same checkpoint")
+    device = resolve_device(options.get("device") or "auto")
+    eval_batch = _positive_int("eval_batch_size", options.get("eval_batch_size") or DEFAULT_EVAL_BATCH[device.type])
+    timings["load"] = time.perf_counter() - started
+
+    dist = _init_distributed(device.type)
+    try:
+        if device.type == "cuda" and dist.world > 1:
+            device = torch.device("cuda", dist.local_rank)
+        cores = max(1, cpu_count() // dist.local_world)
+        workers = options.get("num_workers")
+        if workers is None:
+            workers = min(8, cores) if device.type == "cuda" else min(1, cores - 1)
+        workers = _positive_int("num_workers", workers, 0)
+        amp = None
+        if device.type == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        base_size = max(config.image_size, round(config.image_size / config.test_crop_fraction))
+        with contextlib.ExitStack() as stack:
+            if device.type == "cpu":
+                stack.enter_context(_cpu_threads(cores))
+            tick = time.perf_counter()
+            report(0.0, f"finetune: building {spec.name} with a {len(class_names)}-class head")
+            model = build_classifier(spec, source, image_size=config.image_size, n_classes=len(class_names),
+                                     drop_path=config.drop_path, seed=seed).to(device)
+            if device.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)
+            optimizer = torch.optim.SGD(_parameter_groups(model, config.weight_decay), lr=config.lr,
+                                        momentum=config.momentum, nesterov=config.nesterov)
+            trained = model
+            if dist.world > 1:
+                trained = torch.nn.parallel.DistributedDataParallel(
+                    model, device_ids=[device.index] if device.type == "cuda" else None)
+            timings["model"] = time.perf_counter() - tick
+
+            tick = time.perf_counter()
+            per_rank_batch = max(1, math.ceil(config.batch_size / dist.world))
+            plan = _epoch_batches(len(picks), config.epochs, per_rank_batch, dist.world, dist.rank, seed)
+            generator = torch.Generator().manual_seed(seed * 1009 + dist.rank)
+            info = _train(trained, optimizer, config, pool_images, picks, pool_labels[picks], plan, base_size=base_size,
+                          workers=workers, device=device, amp=amp, generator=generator, mean=spec.mean, std=spec.std,
+                          report=report, rank=dist.rank)
+            timings["train"] = time.perf_counter() - tick
+
+            # the final model, evaluated once: each process tests a contiguous share, rank 0 joins them
+            tick = time.perf_counter()
+            share = np.array_split(np.arange(len(test_labels), dtype=np.int64), dist.world)[dist.rank]
+            predicted = _predict(model, test_images, share, config, base_size=base_size, workers=workers, batch=eval_batch,
+                                 device=device, amp=amp, mean=spec.mean, std=spec.std, report=report)
+            gathered = dist.gather(predicted)
+            timings["test"] = time.perf_counter() - tick
+
+        result = None
+        if dist.rank == 0:
+            predicted = np.concatenate(gathered)
+            accuracy, per_class, confusion = scores_from_predictions(test_labels, predicted, len(class_names))
+            out_dir = Path(options.get("checkpoint_dir") or _default_checkpoint_dir(pool.path, preset_name)).expanduser().resolve()
+            params = {
+                "mode": "finetune", "preset": preset_name, "seed": seed, "test_set": test_description,
+                "n_test": int(len(test_labels)), "feature_set": str(pool.path), "backbone": spec.name,
+                "timm_model": spec.timm_name, "weights_digest": source.digest, **config.as_dict(),
+                "evaluated": "final model after the last epoch, tested once (not the best of several evaluations)",
+                "device": str(device), "world_size": dist.world, "amp": amp, "num_workers": workers,
+                "head_init_std": HEAD_INIT_STD, "checkpoint": str(out_dir / "checkpoint.pt"),
+                "classes_in_picks": int(np.unique(pool_labels[picks]).size), "code_version": __version__, **info,
+            }
+            params.pop("name", None)
+            params["preset_summary"] = params.pop("summary", None)
+            tick = time.perf_counter()
+            _save_checkpoint(out_dir, model, params, class_names, picks, spec, config)
+            timings["checkpoint"] = time.perf_counter() - tick
+            timings["total"] = time.perf_counter() - started
+            result = EvalResult(mode="finetune", accuracy=accuracy, per_class=per_class, confusion=confusion,
+                                class_names=class_names, n_train=int(len(picks)), params=_json_safe(params),
+                                timings={k: round(v, 4) for k, v in timings.items()})
+            atomic_write_json(out_dir / "result.json", result.to_dict(), indent=1)
+            report(1.0, f"finetune: {100 * accuracy:.2f}% test top-1 (final model)")
+        return dist.broadcast(result)
+    finally:
+        if dist.created_group:
+            import torch.distributed as torch_dist
+
+            torch_dist.destroy_process_group()
+
+
+def _save_checkpoint(out_dir: Path, model, params: dict, class_names: list, picks: np.ndarray, spec,
+                     config: FinetunePreset) -> None:
+    """``checkpoint.pt``: the trained weights and what is needed to rebuild the model, atomically."""
+    import torch
+
+    from .atomic import atomic_path
+
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    payload = {"model": state, "backbone": spec.name, "timm_model": spec.timm_name,
+               "create_kwargs": dict(spec.create_kwargs), "class_names": list(class_names),
+               "image_size": config.image_size, "mean": list(spec.mean), "std": list(spec.std),
+               "picks": picks.tolist(), "params": _json_safe(params)}
+    with atomic_path(out_dir / "checkpoint.pt") as tmp:
+        torch.save(payload, tmp)
+
+
+# --------------------------------------------------------------------------------------------
+# Module entry point (torchrun)
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bilaf_core.finetune --features DIR --picks picks.json [--preset P] [--out result.json] …``
+
+    The ``evaluate`` command with ``--mode finetune`` as the default, for launchers that want a
+    module: ``torchrun --nproc_per_node 4 -m bilaf_core.finetune --features DIR --picks picks.json``.
+    Every process joins the process group from torchrun's environment; rank 0 prints and writes.
+    """
+    from .cli import main as cli_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(arg == "--mode" or arg.startswith("--mode=") for arg in argv):
+        argv = ["--mode", "finetune", *argv]
+    return cli_main(["evaluate", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +14,9 @@ import pytest
 from bilaf_core.errors import BilafError, Cancelled
 from bilaf_core.features import import_embeddings
 from bilaf_core.finetune import EvalResult, evaluate_selection, knn_predict, scores_from_predictions, validate_picks
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -167,3 +174,156 @@ def test_progress_is_reported_and_cancel_propagates(separable):
 
     with pytest.raises(Cancelled):
         evaluate_selection(pool, np.arange(50), "linear-probe", test_feature_dir=test, progress=cancel)
+
+
+# ---------------------------------------------------------------------------------------------
+# finetune
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic_pool(tmp_path_factory):
+    """Features of the synthetic dataset's 400 training images (EfficientNet-Lite0 at 32 px)."""
+    from bilaf_core.features import extract_features
+
+    root = tmp_path_factory.mktemp("synthetic")
+    return extract_features("synthetic", image_size=32, device="cpu", cache_root=root / "features")
+
+
+# 8 picks per class, image size 32, one epoch of 2 steps: seconds on a CPU
+TINY = dict(epochs=1, image_size=32, batch_size=16, device="cpu", num_workers=0)
+
+
+def test_finetune_one_tiny_epoch_writes_checkpoint(synthetic_pool, tmp_path):
+    import torch
+
+    picks = np.arange(32)
+    seen = []
+    result = evaluate_selection(synthetic_pool, picks, "finetune", seed=3, checkpoint_dir=tmp_path / "ckpt",
+                                progress=lambda f, m: seen.append((f, m)), **TINY)
+    assert result.mode == "finetune" and result.n_train == 32 and 0.0 <= result.accuracy <= 1.0
+    assert np.asarray(result.confusion).sum() == 100  # the synthetic test split
+    params = result.params
+    assert params["preset"] == "cpu-quick" and params["epochs"] == 1 and params["image_size"] == 32
+    assert params["test_set"] == "synthetic test split (100 samples)" and params["steps"] == 2
+    assert "final model" in params["evaluated"] and params["world_size"] == 1
+    assert {"model", "train", "test", "checkpoint", "total"} <= set(result.timings)
+    assert [f for f, _ in seen] == sorted(f for f, _ in seen) and seen[-1][0] == 1.0
+    assert any("epoch 1/1, step 2/2" in m for _, m in seen)
+    checkpoint = torch.load(tmp_path / "ckpt" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["class_names"] == result.class_names and checkpoint["picks"] == picks.tolist()
+    assert checkpoint["model"]["classifier.weight"].shape == (4, 1280)
+    saved = EvalResult.from_dict(json.loads((tmp_path / "ckpt" / "result.json").read_text()))
+    assert saved == result
+    assert params["checkpoint"] == str(tmp_path / "ckpt" / "checkpoint.pt")
+
+
+def test_finetune_default_checkpoint_in_workspace_and_given_test_set(synthetic_pool, tmp_path):
+    test_dir = tmp_path / "test-features"
+    (test_dir).mkdir()
+    # a labelled "test set" given as features: its images are reopened from its meta
+    from bilaf_core.features import extract_features
+
+    given = extract_features("synthetic", split="test", image_size=32, device="cpu", out_dir=test_dir, limit=20)
+    result = evaluate_selection(synthetic_pool, [0, 1, 2, 3, 4, 5], "finetune", test_feature_dir=given, **TINY)
+    assert np.asarray(result.confusion).sum() == 20 and result.params["test_set"].startswith("images of ")
+    checkpoints = list((tmp_path / "workspace" / "checkpoints").glob("*/checkpoint.pt"))
+    assert len(checkpoints) == 1 and checkpoints[0].parent.name.startswith(synthetic_pool.name + "-cpu-quick-")
+
+
+def test_finetune_on_image_files_tests_on_unpicked_pool(tmp_path):
+    """An image folder without a test split: picked files are decoded, the rest is the test set."""
+    from PIL import Image
+
+    from bilaf_core.datasets import SYNTHETIC_CLASSES, make_synthetic
+    from bilaf_core.features import extract_features
+
+    images, labels = make_synthetic(16, seed=5)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = tmp_path / "photos" / SYNTHETIC_CLASSES[label].replace(" ", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    pool = extract_features("imagefolder", root=tmp_path / "photos", image_size=32, device="cpu", out_dir=tmp_path / "f")
+    result = evaluate_selection(pool, [0, 4, 8, 12, 1, 5], "finetune", checkpoint_dir=tmp_path / "ckpt", **TINY)
+    assert result.params["test_set"] == "pool-holdout: 10 unpicked samples"
+    assert np.asarray(result.confusion).sum() == 10 and (tmp_path / "ckpt" / "checkpoint.pt").is_file()
+
+
+def test_cancelled_finetune_leaves_no_checkpoint(synthetic_pool, tmp_path):
+    def cancel(fraction, message):
+        if message.startswith("finetune: epoch"):
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        evaluate_selection(synthetic_pool, np.arange(32), "finetune", checkpoint_dir=tmp_path / "ckpt",
+                           progress=cancel, **TINY)
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_finetune_input_errors(synthetic_pool, separable):
+    pool, _ = separable
+    with pytest.raises(BilafError, match="imported embeddings.*linear-probe or knn"):
+        evaluate_selection(pool, [0, 1], "finetune")
+    with pytest.raises(BilafError, match="unknown finetune preset 'fast'"):
+        evaluate_selection(synthetic_pool, [0, 1], "finetune", preset="fast")
+    with pytest.raises(BilafError, match="--preset is for --mode finetune"):
+        evaluate_selection(synthetic_pool, [0, 1], "linear-probe", preset="paper")
+    with pytest.raises(BilafError, match="epochs must be an integer >= 1"):
+        evaluate_selection(synthetic_pool, [0, 1], "finetune", epochs=0)
+    with pytest.raises(BilafError, match="does not take option.*k"):
+        evaluate_selection(synthetic_pool, [0, 1], "finetune", k=3)
+    with pytest.raises(BilafError, match="pool index 1 is picked more than once"):
+        evaluate_selection(synthetic_pool, [1, 1], "finetune")
+
+
+def test_random_resized_crop_full_image_is_identity_and_flip_mirrors():
+    import torch
+
+    from bilaf_core.finetune import center_crop_resize, random_resized_crop
+
+    x = torch.rand(3, 3, 16, 16)
+    same = random_resized_crop(x, 16, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, interpolation="bilinear")
+    assert torch.allclose(same, x, atol=1e-5)
+    mirrored = random_resized_crop(x, 16, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0, interpolation="bilinear")
+    assert torch.allclose(mirrored, x.flip(-1), atol=1e-5)
+    crops = random_resized_crop(x, 8, scale=(0.08, 1.0), generator=torch.Generator().manual_seed(0))
+    again = random_resized_crop(x, 8, scale=(0.08, 1.0), generator=torch.Generator().manual_seed(0))
+    assert crops.shape == (3, 3, 8, 8) and torch.equal(crops, again)
+    assert crops.min() >= 0 and crops.max() <= 1
+    centre = center_crop_resize(x, 8, fraction=0.5)
+    assert torch.allclose(centre, x[:, :, 4:12, 4:12])
+
+
+def test_learning_rate_schedule():
+    from bilaf_core.finetune import PRESETS, learning_rate
+
+    paper = PRESETS["paper"]
+    assert learning_rate(0, paper) == pytest.approx(1e-6)
+    assert learning_rate(2.5, paper) == pytest.approx(1e-6 + (3e-3 - 1e-6) / 2)
+    assert learning_rate(paper.epochs, paper) == pytest.approx(1e-5)
+    assert learning_rate(paper.epochs / 2, paper) == pytest.approx((3e-3 + 1e-5) / 2)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu_with_gloo(synthetic_pool, tmp_path):
+    """DDP: 2 CPU processes (gloo) shard 40 picks, 20 each in batches of 8; rank 0 alone writes.
+
+    Slow: two processes each load torch and timm (about 30 s on 2 busy cores)."""
+    from bilaf_core.workspace import Workspace
+
+    picks = tmp_path / "picks.json"
+    picks.write_text(json.dumps(list(range(40))))
+    out = tmp_path / "result.json"
+    env = dict(os.environ, BILAF_WORKSPACE=str(tmp_path / "ws"), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "bilaf_core.finetune", "--features", str(synthetic_pool), "--picks", str(picks), "--epochs", "1",
+               "--image-size", "32", "--batch-size", "16", "--device", "cpu", "--workers", "0",
+               "--checkpoint-dir", str(tmp_path / "ckpt"), "--out", str(out), "--quiet"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    result = EvalResult.from_dict(json.loads(out.read_text()))
+    assert result.params["world_size"] == 2 and result.params["steps"] == 3 and result.n_train == 40
+    assert np.asarray(result.confusion).sum() == 100
+    assert done.stdout.count("finetune: ") == 1 and done.stdout.count("recorded as") == 1
+    assert (tmp_path / "ckpt" / "checkpoint.pt").is_file()
+    assert len(Workspace(tmp_path / "ws").list_evaluations()) == 1
