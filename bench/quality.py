@@ -19,6 +19,7 @@ accuracy per pool (mean ± std over seeds, in %) and selection time per method.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -34,6 +35,8 @@ from bilaf_core import benchmark as bm  # noqa: E402
 from bilaf_core.errors import BilafError  # noqa: E402
 
 FULL = {"budgets": "10,20,50,100,200,500", "seeds": "3", "limit": None, "name": "quality"}
+#: Fashion-MNIST's classes
+N_CLASSES = 10
 QUICK = {"budgets": "10,20,50,100", "seeds": "2", "limit": 10_000, "name": "quality-quick"}
 
 
@@ -61,6 +64,29 @@ def extract(split: str, limit, log) -> Path:
     return extract_features("fashion-mnist", "efficientnet-lite0", split=split, limit=limit, progress=progress)
 
 
+def all_labels_accuracy(train_dir, test_dir, pools, imbalance_ratio) -> dict:
+    """The probe trained on *every* pool image (all labels): the ceiling the budgets climb to.
+    The biased pool is the one of seed 0."""
+    import tempfile
+
+    import numpy as np
+
+    from bilaf_core.features import load_feature_set
+    from bilaf_core.finetune import evaluate_selection
+
+    fs = load_feature_set(train_dir)
+    out = {}
+    for pool in pools:
+        if pool == "full":
+            out[pool] = (evaluate_selection(train_dir, np.arange(fs.n), test_feature_dir=test_dir).accuracy, fs.n)
+        else:
+            idx = bm.biased_pool(fs.labels, ratio=imbalance_ratio, seed=0)
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = bm.write_biased_pool(fs, idx, Path(tmp) / "biased", ratio=imbalance_ratio, seed=0)
+                out[pool] = (evaluate_selection(folder, np.arange(idx.size), test_feature_dir=test_dir).accuracy, idx.size)
+    return out
+
+
 def print_tables(rows, pools, out=sys.stdout) -> None:
     for pool in pools:
         if not any(r.pool == pool for r in rows):
@@ -72,6 +98,14 @@ def print_tables(rows, pools, out=sys.stdout) -> None:
         print(bm.accuracy_table(rows, pool), file=out)
         print(f"\n#### {title} — selection time per method (mean over seeds)\n", file=out)
         print(bm.time_table(rows, pool), file=out)
+        print(f"\n#### {title} — classes among the picks (mean over seeds, of {N_CLASSES})\n", file=out)
+        print(bm.mean_table(rows, pool, "classes_covered"), file=out)
+        if pool == "biased":
+            print(f"\n#### {title} — picks from the under-represented classes (mean over seeds)\n", file=out)
+            print(bm.mean_table(rows, pool, "minority_picks"), file=out)
+            print(f"\n#### {title} — test accuracy on the under-represented classes, % (mean over seeds)\n", file=out)
+            print(bm.mean_table([dataclasses.replace(r, minority_accuracy=100 * r.minority_accuracy) for r in rows],
+                                pool, "minority_accuracy"), file=out)
     errors = [r for r in rows if r.status != "ok"]
     if errors:
         print(f"\n{len(errors)} selections failed:", file=out)
@@ -89,6 +123,7 @@ def main(argv=None) -> int:
     parser.add_argument("--imbalance-ratio", type=int, default=bm.DEFAULT_IMBALANCE_RATIO)
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"), help="folder for the CSV and the plot (default bench/out)")
     parser.add_argument("--tables", action="store_true", help="do not run: print the tables and draw the plot from the CSV")
+    parser.add_argument("--ceiling", action="store_true", help="with --tables: also compute the all-labels ceiling (the full run always does)")
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     budgets = bm.parse_budgets(args.budgets or preset["budgets"])
@@ -135,6 +170,11 @@ def main(argv=None) -> int:
     if not rows:
         raise BilafError(f"{csv_path} holds no results yet; run without --tables first")
     print_tables(rows, pools)
+    if not args.tables or args.ceiling:
+        train_dir = extract("train", preset["limit"], log)
+        test_dir = extract("test", None, log)
+        for pool, (accuracy, n) in all_labels_accuracy(train_dir, test_dir, pools, args.imbalance_ratio).items():
+            log(f"\nceiling, {pool} pool: the probe on all {n:,} pool images labelled reaches {100 * accuracy:.1f}% test accuracy")
     bm.plot_results(rows, plot_path, pools=pools)
     log(f"\nwrote {csv_path} and {plot_path}")
     return 0

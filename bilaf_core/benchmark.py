@@ -625,6 +625,21 @@ def time_table(rows: Sequence[BenchRow], pool: str) -> str:
     return "\n".join(lines)
 
 
+def mean_table(rows: Sequence[BenchRow], pool: str, field: str, fmt: str = "{:.1f}") -> str:
+    """Markdown: the mean of a numeric row field per method and budget (e.g. ``classes_covered``,
+    ``minority_picks``, ``minority_accuracy``), over the seeds with a successful selection."""
+    rows = [r for r in rows if r.pool == pool]
+    if not rows:
+        return f"(no rows for the {pool} pool)"
+    stats = summarize(rows, pool, field)
+    budgets = sorted({int(r.budget) for r in rows})
+    lines = ["| method | " + " | ".join(f"B={b}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    for label in _ordered_labels(rows):
+        cells = [(fmt.format(stats[label][b][0]) if b in stats.get(label, {}) else "–") for b in budgets]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _seconds(value: float) -> str:
     if value < 0.1:
         return "< 0.1 s"
@@ -685,14 +700,20 @@ def plot_results(rows: Sequence[BenchRow], path, *, pools: Sequence[str] | None 
         ax.set_ylabel("linear-probe test accuracy (%)")
         ax.set_title({"full": "full pool", "biased": "biased pool (class-imbalanced)"}.get(pool, pool))
         ax.grid(True, alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="lower right")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            if name not in names:
+                handles.append(handle)
+                names.append(name)
+    fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fmt = "svg" if path.suffix.lower() == ".svg" else "png"
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=110)
+    fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight")
     plt.close(fig)
     from .atomic import atomic_write_bytes
 
