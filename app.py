@@ -56,4 +56,5 @@ with st.sidebar:
     root = os.environ.get("BILAF_WORKSPACE") or str(ROOT / "workspace")
     st.caption(f"Workspace: `{root}`  \nSet `BILAF_WORKSPACE` to use another folder.")
 
+st.html(common.method_chip_css())  # one colour per method, on every screen
 nav.run()

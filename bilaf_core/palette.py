@@ -57,11 +57,14 @@ CORE_COLOR = "#111111"  # pseudo-class centres (BiLAF's core samples)
 NOISE_COLOR = "#9e9e9e"  # samples removed as noise
 EDITED_SUFFIX = " (edited)"
 
-#: light colours for the pool coloured by class / pseudo-class (20, cycled)
+#: light colours for the pool coloured by class / pseudo-class (20, cycled).  No strong red among
+#: the first ten: BiLAF's picks are red and must stand out on any class.
 _CATEGORY_BASE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#2f4f4f",
+    "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5", "#ff9896",
 )
+#: outline of pick markers: dark, so a pick is visible on a background point of its own colour
+PICK_OUTLINE = "#1a1a1a"
 
 
 def method_color(method: str) -> str:

@@ -56,6 +56,18 @@ def method_chip(method: str, label: str | None = None) -> str:
     )
 
 
+def method_chip_css() -> str:
+    """A <style> that gives every method's chips in multiselects (methods, or selections whose
+    title starts with the method's label) the method's colour, as on the map and in the plots.
+    Longer labels come later so "K-Means (multi-batch)" wins over "K-Means"."""
+    rules = []
+    for method in sorted(palette.METHOD_LABELS, key=lambda m: len(palette.method_label(m))):
+        label = palette.method_label(method).replace('"', "")
+        rules.append(f'[data-testid="stMultiSelect"] span[data-tag][aria-label^="{label}"]'
+                     f"{{background-color:{palette.method_color(method)};color:white}}")
+    return "<style>" + "\n".join(rules) + "</style>"
+
+
 def fmt_size(n_bytes: float | None) -> str:
     if n_bytes is None:
         return "—"
@@ -67,13 +79,18 @@ def fmt_size(n_bytes: float | None) -> str:
 
 
 def fmt_time(ts: Any) -> str:
-    """ISO string or epoch seconds -> 'YYYY-MM-DD HH:MM'."""
+    """ISO string or epoch seconds -> 'YYYY-MM-DD HH:MM' in local time."""
+    import datetime as _dt
+
     if ts is None or ts == "":
         return "—"
-    if isinstance(ts, (int, float)):
-        return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
-    text = str(ts)
-    return text[:16].replace("T", " ")
+    try:
+        when = _dt.datetime.fromtimestamp(ts) if isinstance(ts, (int, float)) else _dt.datetime.fromisoformat(str(ts))
+    except ValueError:
+        return str(ts)[:16].replace("T", " ")
+    if when.tzinfo is not None:
+        when = when.astimezone()
+    return when.strftime("%Y-%m-%d %H:%M")
 
 
 # --------------------------------------------------------------------------- workspace and jobs
@@ -163,6 +180,50 @@ def _job_fragment(job_id: str, key: str, title: str | None) -> None:
         if st.button("Cancel", key=f"cancel_{key}_{job_id}", width="stretch"):
             manager.cancel(job_id)
             st.toast("Cancelling… the job stops at its next checkpoint.")
+
+
+#: more running jobs than this are shown as one combined panel
+GROUP_ABOVE = 3
+
+
+def show_jobs(records: list[dict], *, key: str, noun: str = "jobs") -> None:
+    """Live panels for several jobs: one each (with Cancel) for up to GROUP_ABOVE running ones,
+    otherwise one combined progress bar with a Cancel-all button and the list in an expander —
+    a sweep of nine runs stays one line and one poll.  Finished records are shown as outcomes."""
+    active = [r["id"] for r in records if r["status"] in jobs_mod.ACTIVE]
+    if len(active) <= GROUP_ABOVE:
+        for record in records:
+            show_job(record["id"], key=key)
+        return
+    for record in records:
+        if record["status"] not in jobs_mod.ACTIVE:
+            show_job(record["id"], key=key)
+    _job_group_fragment(tuple(active), key, noun)
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _job_group_fragment(job_ids: tuple[str, ...], key: str, noun: str) -> None:
+    manager = job_manager()
+    records = [r for r in (manager.get(j) for j in job_ids) if r is not None]
+    running = [r for r in records if r["status"] == jobs_mod.RUNNING]
+    queued = [r for r in records if r["status"] == jobs_mod.QUEUED]
+    if not running and not queued:
+        st.rerun(scope="app")
+    done = len(records) - len(running) - len(queued)
+    overall = sum(1.0 if r["status"] not in jobs_mod.ACTIVE else float(r.get("progress") or 0.0) for r in records) / max(len(records), 1)
+    now = " · ".join(f"{r.get('title')} {100 * float(r.get('progress') or 0):.0f}%" for r in running)
+    cols = st.columns([5, 1], vertical_alignment="center")
+    with cols[0]:
+        st.progress(overall, text=f"**{len(records)} {noun}**: {done} finished, {len(running)} running, {len(queued)} queued"
+                                  + (f" — {html.escape(now)}" if now else ""))
+    with cols[1]:
+        if st.button("Cancel all", key=f"cancel_all_{key}", width="stretch"):
+            for r in running + queued:
+                manager.cancel(r["id"])
+            st.toast("Cancelling… each job stops at its next checkpoint.")
+    with st.expander("each job"):
+        for r in records:
+            st.markdown(f"- **{html.escape(str(r.get('title')))}** — {r['status']} · {html.escape(job_progress_line(r))}")
 
 
 def active_jobs() -> list[dict]:
@@ -364,15 +425,38 @@ def feature_set_picker(*, key: str) -> dict | None:
 
 
 def selection_title(row: dict) -> str:
+    """``BiLAF · B=100`` — with the time it was made when another selection has the same name
+    and budget (see :func:`selections`)."""
+    if row.get("title"):
+        return row["title"]
     name = row.get("name") or palette.method_label(str(row.get("method")))
     budget = row.get("budget")
     return f"{name} · B={budget}" if budget is not None else name
 
 
 def selections(feature_set_id: str) -> list[dict]:
+    """The feature set's selections, newest first, each with a `title` that tells it apart."""
     rows = [dict(r) for r in workspace().list_selections(feature_set_id)]
     rows.sort(key=lambda r: str(r.get("created") or ""), reverse=True)
+    base = [selection_title({k: v for k, v in r.items() if k != "title"}) for r in rows]
+    for row, title in zip(rows, base):
+        row["title"] = title if base.count(title) == 1 else f"{title} · {fmt_time_of_day(row.get('created'))}"
     return rows
+
+
+def fmt_time_of_day(ts: Any) -> str:
+    """'HH:MM:SS' (local time) of an ISO timestamp or epoch seconds."""
+    import datetime as _dt
+
+    if ts is None or ts == "":
+        return "—"
+    try:
+        when = _dt.datetime.fromtimestamp(ts) if isinstance(ts, (int, float)) else _dt.datetime.fromisoformat(str(ts))
+    except ValueError:
+        return str(ts)[11:19]
+    if when.tzinfo is not None:
+        when = when.astimezone()
+    return when.strftime("%H:%M:%S")
 
 
 def selection_rows(feature_set_id: str) -> list[dict]:
@@ -683,18 +767,44 @@ def page_opened_at() -> float:
     return st.session_state.setdefault("_opened_at", time.time())
 
 
+_EVAL_LOCKS: dict[str, Any] = {}
+
+
+def _evaluation_lock(feature_dir: str):
+    """One feature-based evaluation at a time per feature set: the first one extracts the
+    dataset's test split (cached beside the pool) and the others must wait for that cache rather
+    than extract the same split concurrently (which the extraction cache does not support).  A
+    linear probe takes about a second once the test split is there."""
+    with _ARRAYS_LOCK:
+        return _EVAL_LOCKS.setdefault(str(feature_dir), __import__("threading").Lock())
+
+
+def _evaluate(path: str, picks, mode: str, *, seed: int, progress, options: dict):
+    from bilaf_core.finetune import evaluate_selection
+
+    if mode == "finetune":
+        return evaluate_selection(path, picks, mode, seed=seed, progress=progress, **options)
+    lock = _evaluation_lock(path)
+    if not lock.acquire(blocking=False):
+        progress(0.0, "waiting for another evaluation of this feature set to finish")
+        while not lock.acquire(timeout=0.5):
+            progress(0.0, "waiting for another evaluation of this feature set to finish")  # lets Cancel through
+    try:
+        return evaluate_selection(path, picks, mode, seed=seed, progress=progress, **options)
+    finally:
+        lock.release()
+
+
 def submit_evaluation(fs: dict, selection_id: str, mode: str, *, seed: int, title: str, options: dict | None = None) -> str:
     """Evaluate a saved selection in the background (`options`: ``preset``, ``epochs``… for a
     finetune) and save the result in the workspace."""
-    from bilaf_core.finetune import evaluate_selection
-
     ws = workspace()
     path = fs["path"]
     options = dict(options or {})
 
     def work(progress):
         selection = ws.load_selection(selection_id)
-        result = evaluate_selection(path, selection.indices, mode, seed=seed, progress=progress, **options)
+        result = _evaluate(path, selection.indices, mode, seed=seed, progress=progress, options=options)
         evaluation_id = ws.save_evaluation(selection_id, result)
         return {"evaluation_id": evaluation_id, "accuracy": result.accuracy}
 
@@ -768,7 +878,6 @@ def submit_bilaf_at_budget(fs: dict, selection_id: str, budget: int) -> str:
 def submit_sweep_point(fs: dict, method: str, budget: int, *, seed: int, mode: str) -> str:
     """Select with `method` at `budget`, save it, evaluate it (`mode`) and save the result — one
     background job per point of an accuracy-vs-budget sweep."""
-    from bilaf_core.finetune import evaluate_selection
     from bilaf_core.selection import run_selection
 
     ws = workspace()
@@ -779,7 +888,7 @@ def submit_sweep_point(fs: dict, method: str, budget: int, *, seed: int, mode: s
         features = load_features(path)
         selection = run_selection(method, features, budget, seed=seed, progress=lambda f, m: progress(0.6 * f, m))
         selection_id = ws.save_selection(selection, fs["id"], name=label)
-        result = evaluate_selection(path, selection.indices, mode, seed=seed, progress=lambda f, m: progress(0.6 + 0.4 * f, m))
+        result = _evaluate(path, selection.indices, mode, seed=seed, progress=lambda f, m: progress(0.6 + 0.4 * f, m), options={})
         evaluation_id = ws.save_evaluation(selection_id, result)
         return {"selection_id": selection_id, "evaluation_id": evaluation_id, "accuracy": result.accuracy}
 

@@ -29,7 +29,7 @@ class PickLayer:
     symbol: str = "circle"
     size: float = 9.0
     hover: Sequence[str] | None = None  # one line per point, appended to the hover box
-    outline: str = "white"
+    outline: str = palette.PICK_OUTLINE
     opacity: float = 1.0
     visible: bool = True
 
@@ -162,7 +162,7 @@ def map_figure(
                 x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=f"{layer.name} ({idx.size:,})",
                 customdata=idx.astype(np.int32), text=list(layer.hover) if layer.hover is not None else None, hovertemplate=hover,
                 opacity=layer.opacity, visible=True if layer.visible else "legendonly",
-                marker=dict(size=layer.size, color=layer.color, symbol=layer.symbol, line=dict(width=1, color=layer.outline)),
+                marker=dict(size=layer.size, color=layer.color, symbol=layer.symbol, line=dict(width=0.8, color=layer.outline)),
                 unselected=dict(marker=dict(opacity=0.55)),
             )
         )
@@ -189,6 +189,46 @@ def map_figure(
         fig.update_xaxes(range=list(ranges[0]))
         fig.update_yaxes(range=list(ranges[1]))
     return fig
+
+
+#: plotly marker symbols as text, for legends drawn outside a figure
+_SYMBOL_GLYPHS = {
+    "diamond": "◆", "star": "★", "circle": "●", "square": "■", "square-open": "□", "triangle-up": "▲",
+    "triangle-down": "▼", "pentagon": "⬟", "hexagon": "⬢", "cross": "✚", "x-thin-open": "✕",
+}
+
+
+def legend_html(background: Background | None, layers: Sequence[PickLayer] = ()) -> str:
+    """One shared legend (HTML) for maps drawn without their own: the pool's category colours
+    (when named) and one entry per pick layer, in the same colours and symbols as the figure."""
+    import html
+
+    def entry(glyph: str, color: str, text: str, outline: bool = False) -> str:
+        shadow = ";text-shadow:0 0 1px #1a1a1a" if outline else ""
+        return (f"<span style='white-space:nowrap;margin-right:14px'><span style='color:{color};font-size:1.05em{shadow}'>"
+                f"{glyph}</span>&nbsp;{html.escape(text)}</span>")
+
+    parts = []
+    if background is not None and background.mode == "category" and background.names is not None:
+        names = list(background.names)
+        parts.append(f"<span style='color:#666;margin-right:8px'>{html.escape(background.title)}:</span>")
+        parts += [entry("●", palette.category_color(c), str(name)) for c, name in enumerate(names)]
+        parts.append("<br>")
+    seen = set()
+    for layer in layers:
+        text = f"{layer.name} ({np.asarray(layer.indices).size:,})"
+        if text in seen:
+            continue
+        seen.add(text)
+        parts.append(entry(_SYMBOL_GLYPHS.get(layer.symbol, "●"), layer.color, text, outline=layer.outline == palette.PICK_OUTLINE))
+    return "<div style='font-size:0.88em;line-height:1.9'>" + "".join(parts) + "</div>"
+
+
+def map_height(ranges, width_px: float, *, extra: int = 0, lo: int = 340, hi: int = 760) -> int:
+    """A figure height that fits the map's aspect ratio (equal axis scales) at about `width_px`."""
+    (x0, x1), (y0, y1) = ranges
+    ratio = (y1 - y0) / max(x1 - x0, 1e-9)
+    return int(min(max(width_px * ratio + extra, lo), hi))
 
 
 def padded_ranges(coords: np.ndarray, pad: float = 0.04):

@@ -70,8 +70,8 @@ with st.expander("Accuracy vs budget in one go: select and evaluate several meth
         st.rerun()
 
 if not rows:
-    for record in common.job_manager().list(kind="evaluate", tags={"feature_set": fs["id"]}, active_only=True):
-        common.show_job(record["id"], key="compare")
+    common.show_jobs(common.job_manager().list(kind="evaluate", tags={"feature_set": fs["id"]}, active_only=True),
+                     key="compare", noun="runs")
     st.info("No selection to evaluate yet: run the sweep above, or run BiLAF and a baseline or two on the **Select** page.")
     st.page_link("pages/select.py", label="Select", icon=":material/checklist:")
     st.stop()
@@ -82,13 +82,13 @@ evaluated = {(e["selection_id"], e["mode"]) for e in evaluations}
 
 
 def _default_choice() -> list[str]:
-    """The newest selection of each method (up to four), so a first press compares methods."""
+    """The newest selection of each method (up to six), so a first press compares methods."""
     picked, methods = [], set()
     for r in rows:
         if r.get("method") not in methods and not r.get("parent_id"):
             picked.append(r["id"])
             methods.add(r.get("method"))
-    return picked[:4] or [r["id"] for r in rows[:4]]
+    return picked[:6] or [r["id"] for r in rows[:4]]
 
 
 with st.container(border=True):
@@ -132,11 +132,12 @@ with st.container(border=True):
                 st.error(str(exc))
         st.rerun()
 
-for record in common.job_manager().list(kind="evaluate", tags={"feature_set": fs["id"]}, limit=30):
-    if record["status"] in ("queued", "running"):
-        common.show_job(record["id"], key="compare")
-    elif record["status"] in ("failed", "interrupted", "cancelled") and (record.get("finished") or 0) > common.page_opened_at():
-        common.show_job(record["id"], key="compare")
+common.show_jobs(
+    [r for r in common.job_manager().list(kind="evaluate", tags={"feature_set": fs["id"]}, limit=30)
+     if r["status"] in ("queued", "running")
+     or (r["status"] in ("failed", "interrupted", "cancelled") and (r.get("finished") or 0) > common.page_opened_at())],
+    key="compare", noun="evaluations",
+)
 
 # ------------------------------------------------------------------ results
 evaluations = [e for e in evaluations if e["selection_id"] in by_id]

@@ -127,15 +127,14 @@ if "ring_level" in diag:
     color_options.append("density-ring level")
 color_options.append("none")
 
-l1, l2, l3 = st.columns([2, 4, 2])
+l1, l2, l3 = st.columns([2, 2, 3])
 with l1:
     color_by = st.radio("Colour the pool by", color_options, key="map_color", horizontal=False)
 with l2:
     st.markdown("**Layers**")
-    lc = st.columns(3)
-    show_cores = lc[0].checkbox("pseudo-class centres", True, key="map_cores", disabled="core_indices" not in diag)
-    show_noise = lc[1].checkbox("removed as noise", False, key="map_noise", disabled="removed_as_noise" not in diag)
-    show_picks = lc[2].checkbox("picks", True, key="map_picks", disabled=shown is None)
+    show_cores = st.checkbox("pseudo-class centres (BiLAF's cores)", True, key="map_cores", disabled="core_indices" not in diag)
+    show_picks = st.checkbox("picks", True, key="map_picks", disabled=shown is None)
+    show_noise = st.checkbox("removed as noise", False, key="map_noise", disabled="removed_as_noise" not in diag)
 with l3:
     side_by_side = st.toggle("Side by side", value=False, key="map_side", disabled=not (shown is not None and len(rows) > 1),
                              help="The main selection and a baseline on the same coordinates.")
@@ -204,21 +203,26 @@ uirev = f"{fs['id']}"
 events = []
 if side_id:
     side = common.load_selection(side_id)
+    main_layers, side_layers = _main_layers(), _selection_layers(side)
+    # One shared legend above both maps (the class colours once, then every pick layer), so the
+    # two plotting areas are the same size and the same point sits at the same place in both.
+    st.html(figs.legend_html(background, main_layers + side_layers))
+    height = figs.map_height(ranges, 560, extra=50, lo=380, hi=640)
     left, right = st.columns(2)
     with left:
-        main_title = common.selection_title({**main_row, "budget": shown.budget}) + (" (preview)" if preview_note else "")
-        fig = figs.map_figure(coords, _main_layers(), background=background, title=main_title, height=640,
-                              uirevision=uirev, ranges=ranges, legend_below=True)
+        main_title = common.selection_title({**main_row, "title": None, "budget": shown.budget}) + (" (preview)" if preview_note else "")
+        fig = figs.map_figure(coords, main_layers, background=background, title=main_title, height=height,
+                              uirevision=uirev, ranges=ranges, show_legend=False)
         events.append(st.plotly_chart(fig, key="map_chart_left", on_select="rerun", selection_mode=("points", "box", "lasso"),
                                       config=CHART_CONFIG, width="stretch"))
     with right:
-        side_layers = _selection_layers(side)
-        fig = figs.map_figure(coords, side_layers, background=background, title=common.selection_title(by_id[side_id]), height=640,
-                              uirevision=uirev, ranges=ranges, legend_below=True)
+        fig = figs.map_figure(coords, side_layers, background=background, title=common.selection_title(by_id[side_id]),
+                              height=height, uirevision=uirev, ranges=ranges, show_legend=False)
         events.append(st.plotly_chart(fig, key="map_chart_right", on_select="rerun", selection_mode=("points", "box", "lasso"),
                                       config=CHART_CONFIG, width="stretch"))
 else:
-    fig = figs.map_figure(coords, _main_layers(), background=background, height=680, uirevision=uirev, ranges=ranges)
+    height = figs.map_height(ranges, 1150, extra=110, lo=480, hi=760)
+    fig = figs.map_figure(coords, _main_layers(), background=background, height=height, uirevision=uirev, ranges=ranges)
     events.append(st.plotly_chart(fig, key="map_chart", on_select="rerun", selection_mode=("points", "box", "lasso"),
                                   config=CHART_CONFIG, width="stretch"))
 if coords.shape[0] > figs.MAX_BACKGROUND:

@@ -91,8 +91,7 @@ opened = common.page_opened_at()
 shown_jobs = [r for r in jobs_here if r["status"] in ("queued", "running") or (r.get("finished") or 0) >= opened][:6]
 if shown_jobs:
     st.subheader("Runs")
-for record in shown_jobs:
-    common.show_job(record["id"], key="select")
+common.show_jobs(shown_jobs, key="select", noun="selections")
 
 st.subheader("Selections on this feature set")
 rows = common.selection_rows(fs["id"])

@@ -1,16 +1,27 @@
-"""One real-browser test: the app served by `streamlit run`, driven by headless Chromium.
+"""Real-browser tests: the app served by `streamlit run`, driven by headless Chromium.
 
 Uses the system Chromium (/usr/bin/chromium, Debian package `chromium`) through Playwright's
-Python API — no `playwright install`, no browser download.  A small feature set (seeded Gaussian
-clusters, imported with `import_embeddings`) is registered in a temporary workspace; the test
-runs BiLAF on it from the Select page, opens the Map, checks that the WebGL map is drawn with a
-legend entry for BiLAF's picks, and saves a screenshot (``$BILAF_SCREENSHOT_DIR`` or the test's
-temporary folder).
+Python API — no `playwright install`, no browser download.
+
+* ``test_bilaf_selection_then_map_in_a_real_browser`` (default suite): a small feature set
+  (seeded Gaussian clusters, imported with `import_embeddings`) in a temporary workspace; the
+  test runs BiLAF on it from the Select page, opens the Map, checks that the WebGL map is drawn
+  with legend entries for BiLAF's picks and that red pick markers are on the canvas, and saves
+  a screenshot (the test's temporary folder, and ``$BILAF_SCREENSHOT_DIR`` when set).
+* ``test_offline_default_from_a_fresh_workspace`` (slow): what a newcomer does — the offline
+  default (Fashion-MNIST, first 10 000 images, EfficientNet-Lite0) from an empty workspace to
+  a BiLAF map, then two baselines, the side-by-side map, an accuracy sweep on Compare and the
+  Learn walkthrough.  It prints how long each stage took and saves the README's screenshots
+  (``map.png``, ``compare.png``, ``learn.png``) to ``$BILAF_SCREENSHOT_DIR`` (or its tmp dir)::
+
+      BILAF_SCREENSHOT_DIR=docs/screenshots .venv/bin/python -m pytest -m slow tests/test_browser.py -s
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,8 +38,15 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
+BILAF_RED = (0xD6, 0x27, 0x28)
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium: scripts/setup.sh --test installs it")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason=f"needs Chromium at {CHROMIUM} (Debian package `chromium`; scripts/setup.sh --test installs it)",
+)
+
+
+# ------------------------------------------------------------------ the server and the browser
 
 
 def _free_port() -> int:
@@ -37,7 +55,102 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _make_workspace(root: Path) -> None:
+@contextlib.contextmanager
+def _streamlit(workspace: Path, log_path: Path):
+    """`streamlit run app.py` on a free 127.0.0.1 port with BILAF_WORKSPACE=workspace; yields the URL."""
+    port = _free_port()
+    env = dict(os.environ, BILAF_WORKSPACE=str(workspace), PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
+             "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("streamlit did not start: " + log_path.read_text()[-2000:])
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@contextlib.contextmanager
+def _page(width: int = 1500, height: int = 1500):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def _shot_dirs(tmp: Path) -> list[Path]:
+    dirs = [tmp]
+    if os.environ.get("BILAF_SCREENSHOT_DIR"):
+        dirs.append(Path(os.environ["BILAF_SCREENSHOT_DIR"]))
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+def _save(png: bytes, name: str, dirs: list[Path]) -> Path:
+    for d in dirs:
+        (d / name).write_bytes(png)
+    return dirs[0] / name
+
+
+def _pixels_near(png: bytes, rgb: tuple[int, int, int], tol: int = 40) -> int:
+    """How many pixels of a PNG are within `tol` of a colour (per channel)."""
+    import io
+
+    from PIL import Image
+
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+    return int((np.abs(image - np.asarray(rgb, dtype=np.int16)) <= tol).all(axis=-1).sum())
+
+
+def _wait_idle(page, timeout_s: float = 600) -> None:
+    """Wait until the sidebar no longer lists running jobs."""
+    from playwright.sync_api import expect
+
+    page.wait_for_timeout(1500)
+    expect(page.get_by_text(re.compile(r"^\d+ jobs? running$"))).to_have_count(0, timeout=timeout_s * 1000)
+
+
+def _choose(page, multiselect_label: str, options: list[str]) -> None:
+    """Add options to the multiselect labelled `multiselect_label`."""
+    box = page.locator("[data-testid=stMultiSelect]").filter(has_text=multiselect_label).first
+    for option in options:
+        box.locator("input").click()
+        page.get_by_role("option", name=option, exact=True).click()
+        page.wait_for_timeout(300)
+    page.keyboard.press("Escape")
+
+
+# ------------------------------------------------------------------ default suite: a small pool
+
+
+def _small_workspace(root: Path) -> None:
     from bilaf_core.features import import_embeddings
     from bilaf_core.workspace import Workspace
 
@@ -55,63 +168,126 @@ def _make_workspace(root: Path) -> None:
     ws.register_feature_set(path)
 
 
-@pytest.fixture
-def server(tmp_path):
-    _make_workspace(tmp_path)
-    port = _free_port()
-    env = dict(os.environ, BILAF_WORKSPACE=str(tmp_path / "ws"), PYTHONUNBUFFERED="1")
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.terminate()
-        pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text()[-2000:])
-    yield url, tmp_path
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+def test_bilaf_selection_then_map_in_a_real_browser(tmp_path):
+    from playwright.sync_api import expect
+
+    _small_workspace(tmp_path)
+    dirs = _shot_dirs(tmp_path)
+    with _streamlit(tmp_path / "ws", tmp_path / "streamlit.log") as url, _page(1400, 1500) as page:
+        page.goto(url + "/select")
+        page.get_by_role("button", name="Run selection").wait_for()
+        page.get_by_text("count", exact=True).click()
+        count = page.get_by_label("images to label")
+        count.fill("20")
+        count.press("Enter")
+        expect(page.get_by_text("of 400 images (5.00%)")).to_be_visible()
+        page.get_by_role("button", name="Run selection").click()
+        # the selection runs as a background job; the table lists it when done
+        expect(page.get_by_text("Open the map")).to_be_visible(timeout=120_000)
+
+        page.goto(url + "/map")
+        plot = page.locator(".js-plotly-plot").first
+        plot.wait_for(timeout=180_000)  # the 2-D map is computed in the background on first visit
+        # K = min(0.5% of 400, 20 / 2) -> 2 cores, so 18 boundary picks
+        expect(page.locator(".legendtext", has_text="BiLAF boundary picks (18)").first).to_be_visible(timeout=60_000)
+        expect(page.locator(".legendtext", has_text="BiLAF pseudo-class centres (2)").first).to_be_visible()
+        assert page.locator(".js-plotly-plot canvas").count() > 0  # WebGL scatter
+        page.wait_for_timeout(1000)
+        drawn = plot.screenshot()
+        assert _pixels_near(drawn, BILAF_RED) > 100, "no BiLAF-red pick markers on the drawn map"
+        shot = _save(page.screenshot(), "browser-map.png", dirs)
+    assert shot.stat().st_size > 20_000
 
 
-def test_bilaf_selection_then_map_in_a_real_browser(server):
-    from playwright.sync_api import expect, sync_playwright
+# ------------------------------------------------------------------ slow: the offline default, end to end
 
-    url, tmp = server
-    shots = Path(os.environ.get("BILAF_SCREENSHOT_DIR") or tmp)
-    shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url + "/select")
-            page.get_by_text("Budget", exact=True).wait_for(timeout=60_000)
-            page.get_by_role("button", name="Run selection").click()
-            # the selection runs as a background job; its record appears in the table when done
-            expect(page.get_by_text("Open the map")).to_be_visible(timeout=120_000)
 
-            page.goto(url + "/map")
-            plot = page.locator(".js-plotly-plot").first
-            plot.wait_for(timeout=120_000)  # the map is computed in the background on first visit
-            legend = page.locator(".legendtext", has_text="BiLAF boundary picks")
-            expect(legend.first).to_be_visible(timeout=60_000)
-            expect(page.locator(".legendtext", has_text="pseudo-class centres").first).to_be_visible()
-            assert page.locator(".js-plotly-plot canvas").count() > 0  # WebGL scatter
-            page.wait_for_timeout(800)
-            page.screenshot(path=str(shots / "browser-map.png"), full_page=True)
-        finally:
-            browser.close()
-    assert (shots / "browser-map.png").stat().st_size > 10_000
+def _clip(page, top_locator, bottom_locator, pad: int = 12) -> dict:
+    """A screenshot clip of the main area from the top of one element to the bottom of another."""
+    main = page.locator("[data-testid=stMain]").bounding_box()
+    top = top_locator.bounding_box()
+    bottom = bottom_locator.bounding_box()
+    return {"x": main["x"] + 40, "y": max(top["y"] - pad, 0), "width": main["width"] - 80,
+            "height": bottom["y"] + bottom["height"] - top["y"] + 2 * pad}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
+                    reason="needs the Debian package dataset-fashion-mnist")
+def test_offline_default_from_a_fresh_workspace(tmp_path, capsys):
+    from playwright.sync_api import expect
+
+    dirs = _shot_dirs(tmp_path)
+    times: dict[str, float] = {}
+    with _streamlit(tmp_path / "ws", tmp_path / "streamlit.log") as url, _page(1600, 1300) as page:
+        # Data & model: the defaults are the offline default; one press
+        page.goto(url)
+        page.get_by_role("button", name="Extract features").wait_for()
+        start = time.monotonic()
+        page.get_by_role("button", name="Extract features").click()
+        page.wait_for_timeout(2000)
+        page.goto(url + "/map")
+        expect(page.locator(".legendtext", has_text="BiLAF boundary picks").first).to_be_visible(timeout=900_000)
+        times["fresh workspace → BiLAF map (extract 10 000 + map + BiLAF at 1%)"] = time.monotonic() - start
+        _wait_idle(page)
+
+        # Select: two baselines at the same budget
+        page.goto(url + "/select")
+        page.get_by_role("button", name="Run selection").wait_for()
+        _choose(page, "Methods to run", ["K-Means", "Random"])
+        page.locator("[data-testid=stMultiSelect]").filter(has_text="Methods to run").locator("span[data-tag][aria-label='BiLAF'] button").click()
+        start = time.monotonic()
+        page.get_by_role("button", name="Run selection").click()
+        _wait_idle(page)
+        times["K-Means and Random at 1%"] = time.monotonic() - start
+
+        # Map: BiLAF beside K-Means on the same coordinates
+        page.goto(url + "/map")
+        expect(page.locator(".legendtext", has_text="BiLAF boundary picks").first).to_be_visible()
+        page.get_by_text("Side by side").click()
+        baseline = page.locator("[data-testid=stSelectbox]").filter(has_text="Baseline")
+        baseline.click()
+        page.get_by_role("option", name=re.compile(r"^K-Means · B=100")).click()
+        expect(page.locator("[data-testid=stPlotlyChart]")).to_have_count(2)
+        page.wait_for_timeout(2500)
+        charts = page.locator("[data-testid=stPlotlyChart]")
+        assert _pixels_near(charts.nth(0).screenshot(), BILAF_RED) > 200
+        clip = _clip(page, page.get_by_text("Colour the pool by"), charts.nth(1))
+        _save(page.screenshot(clip=clip), "map.png", dirs)
+
+        # Finetune & compare: a sweep of three methods at three budgets, linear probe
+        page.goto(url + "/compare")
+        page.get_by_text("Accuracy vs budget in one go").click()
+        start = time.monotonic()
+        page.get_by_role("button", name="Run the sweep").click()
+        _wait_idle(page, 1200)
+        times["Compare sweep: 3 methods × 3 budgets, select + linear probe (first one extracts the test split)"] = time.monotonic() - start
+        page.reload()
+        expect(page.get_by_text("Per-class accuracy")).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(2500)
+        per_class = page.locator("[data-testid=stPlotlyChart]").nth(1)
+        clip = _clip(page, page.get_by_role("heading", name="Accuracy", exact=True), per_class)
+        _save(page.screenshot(clip=clip), "compare.png", dirs)
+
+        # Learn: the boundary step
+        page.goto(url + "/learn")
+        page.get_by_text("6 · Boundary picks", exact=True).click()
+        page.wait_for_timeout(3000)
+        figure = page.locator("[data-testid=stPlotlyChart]").first
+        clip = _clip(page, page.get_by_role("heading", name="Budget and parameters"), figure)
+        _save(page.screenshot(clip=clip), "learn.png", dirs)
+
+    with capsys.disabled():
+        print(f"\n{os.cpu_count()} CPU cores ({_cpu_model()}):")
+        for what, seconds in times.items():
+            print(f"  {seconds:7.1f} s  {what}")
+    for name in ("map.png", "compare.png", "learn.png"):
+        assert (tmp_path / name).stat().st_size > 30_000
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
