@@ -327,3 +327,52 @@ def test_torchrun_two_processes_on_cpu_with_gloo(synthetic_pool, tmp_path):
     assert done.stdout.count("finetune: ") == 1 and done.stdout.count("recorded as") == 1
     assert (tmp_path / "ckpt" / "checkpoint.pt").is_file()
     assert len(Workspace(tmp_path / "ws").list_evaluations()) == 1
+
+
+def test_epoch_plans_plain_and_repeated_augmentation():
+    import dataclasses
+
+    from bilaf_core.finetune import PRESETS, _epoch_batches
+
+    quick = dataclasses.replace(PRESETS["cpu-quick"], epochs=2)
+    plan = _epoch_batches(9, quick, 4, 1, 0, seed=0)
+    assert [len(b) for b in plan[0]] == [4, 5]  # a trailing batch of one joins the one before
+    assert sorted(np.concatenate(plan[0]).tolist()) == list(range(9))
+    assert not np.array_equal(np.concatenate(plan[0]), np.concatenate(plan[1]))  # reshuffled per epoch
+    paper = dataclasses.replace(PRESETS["paper"], epochs=1)
+    # 50 picks, 2 processes: 3 copies of each pick, dealt alternately; fewer than 256 views in all
+    ranks = [np.concatenate(_epoch_batches(50, paper, 256, 2, rank, seed=0)[0]) for rank in (0, 1)]
+    assert [len(r) for r in ranks] == [75, 75]
+    assert np.bincount(np.concatenate(ranks), minlength=50).tolist() == [3] * 50
+    # 600 picks: the epoch is cut to 256 * (600 // 256) = 512 views, 256 per process
+    assert [len(np.concatenate(_epoch_batches(600, paper, 256, 2, rank, seed=0)[0])) for rank in (0, 1)] == [256, 256]
+
+
+def test_folded_test_copy_matches_the_trained_model():
+    import torch
+
+    from bilaf_core.backbones import WeightsSource, get_backbone_spec
+    from bilaf_core.finetune import build_classifier, fold_batchnorm_copy
+
+    model = build_classifier(get_backbone_spec("efficientnet-lite0"), WeightsSource("random", "random-init:seed0"),
+                             image_size=32, n_classes=3, seed=1)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32))  # moves the running statistics away from their init
+    folded = fold_batchnorm_copy(model)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        expected = model.eval()(x)
+        assert torch.allclose(folded(x), expected, atol=1e-4, rtol=1e-4)
+    assert model.get_classifier().weight.shape == (3, 1280)
+
+
+def test_cancel_at_the_very_end_still_writes_nothing(synthetic_pool, tmp_path):
+    def cancel_when_done(fraction, message):
+        if fraction >= 1.0:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        evaluate_selection(synthetic_pool, np.arange(8), "finetune", checkpoint_dir=tmp_path / "ckpt",
+                           progress=cancel_when_done, **TINY)
+    assert not (tmp_path / "ckpt").exists()
