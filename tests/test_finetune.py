@@ -376,3 +376,15 @@ def test_cancel_at_the_very_end_still_writes_nothing(synthetic_pool, tmp_path):
         evaluate_selection(synthetic_pool, np.arange(8), "finetune", checkpoint_dir=tmp_path / "ckpt",
                            progress=cancel_when_done, **TINY)
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_concurrent_evaluations_share_one_test_split_extraction(synthetic_pool):
+    """Two threads evaluating the same pool: one extracts the synthetic test split, the other waits
+    for it and reads the cache (unlocked, two extractions into one cache folder can collide)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool_of_threads:
+        results = list(pool_of_threads.map(lambda picks: evaluate_selection(synthetic_pool, picks, "knn", k=3),
+                                           [np.arange(0, 40), np.arange(40, 80)]))
+    assert [r.params["test_set"] for r in results] == ["synthetic test split (100 samples)"] * 2
+    assert all(np.asarray(r.confusion).sum() == 100 for r in results)
