@@ -388,3 +388,19 @@ def test_concurrent_evaluations_share_one_test_split_extraction(synthetic_pool):
                                            [np.arange(0, 40), np.arange(40, 80)]))
     assert [r.params["test_set"] for r in results] == ["synthetic test split (100 samples)"] * 2
     assert all(np.asarray(r.confusion).sum() == 100 for r in results)
+
+
+def test_paper_preset_on_a_vit_with_random_weights(tmp_path):
+    """The paper recipe's code path (ViT, drop path, repeated augmentation, resize-crop test
+    transform) at 32 px with random DINO ViT-S/16 weights: the default preset for dino-vits16."""
+    from bilaf_core.features import extract_features
+
+    pool = extract_features("synthetic", "dino-vits16", weights="random", image_size=32, limit=40, device="cpu",
+                            out_dir=tmp_path / "vit")
+    result = evaluate_selection(pool, np.arange(0, 40, 2), "finetune", weights="random", epochs=1, image_size=32,
+                                batch_size=32, device="cpu", checkpoint_dir=tmp_path / "ckpt")
+    params = result.params
+    assert params["preset"] == "paper" and params["repeated_augmentation"] == 3 and params["drop_path"] == 0.1
+    assert params["steps"] == 2  # 20 picks x 3 copies = 60 views, batches of 32
+    assert params["test_set"] == "synthetic test split (100 samples)"
+    assert (tmp_path / "ckpt" / "checkpoint.pt").is_file()
