@@ -9,11 +9,28 @@ boundary picks) and rebuilds the WebGL figure.  This script times exactly that p
   boundary picks and the noise layer
 * ``json``    — ``plotly.io.to_json(fig, validate=False)``, what ``st.plotly_chart`` sends
 
-and prints a markdown table.  The browser's WebGL draw (tens of ms for 60 000 points) comes on top.
+and prints a markdown table.
+
+``--browser`` measures the whole loop a user sees instead: ``streamlit run app.py`` on a
+temporary workspace holding the feature set (its UMAP map computed once) and a BiLAF selection
+at 1 % (real ActiveFT cores), the Map page open in headless Chromium (/usr/bin/chromium through
+Playwright), then for each budget: type it into the Map's budget box, press Enter, and stop the
+clock when the legend shows the new number of boundary picks — the server's rerun (BiLAF's
+boundary stage, the figure), the transfer and the browser's WebGL redraw.  A budget seen before
+is memoised, which the last column shows.
+
+``--during-jobs`` measures whether long work freezes the page: the Select page's rerun time
+(Streamlit's AppTest, in this process like the server's script threads) while nothing runs,
+while a UMAP map is computed in a worker thread of the same process (as the app did at first),
+while it is computed in a child process (``isolate=True``, as the app does now), and while
+features are extracted in a worker thread.
+
+    python bench/app_latency.py --during-jobs                    # 30 000 x 112 synthetic pool
 
     python bench/app_latency.py                                   # synthetic 60 000 x 112 pool
     python bench/app_latency.py --feature-dir workspace/features/<set>   # a real feature set
     python bench/app_latency.py --cores activeft                  # real ActiveFT cores (minutes)
+    python bench/app_latency.py --browser --feature-dir workspace/features/<set>   # end to end
 
 Synthetic pools are seeded Gaussian clusters (uneven sizes, like real features).  Unless
 ``--cores activeft``, the K cores are a seeded random choice: the boundary stage's cost does not
@@ -61,7 +78,15 @@ def main(argv=None) -> int:
     ap.add_argument("--core-budget", type=int, default=None, help="K; default: 0.5%% of the pool")
     ap.add_argument("--repeat", type=int, default=2, help="runs per budget; the table reports the median")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--browser", action="store_true", help="end to end: the Map page in headless Chromium (see above)")
+    ap.add_argument("--during-jobs", action="store_true", help="page rerun times while background jobs run (see above)")
+    ap.add_argument("--workspace", type=Path, default=None,
+                    help="--browser: workspace folder to use (kept; default: a temporary one)")
     args = ap.parse_args(argv)
+    if args.browser:
+        return browser_bench(args)
+    if args.during_jobs:
+        return during_jobs_bench(args)
 
     t = time.perf_counter()
     if args.feature_dir:
@@ -136,6 +161,204 @@ def main(argv=None) -> int:
     for b, picks, s, f, j, total, size, stages in rows:
         stage_text = ", ".join(f"{name} {sec:.2f}" for name, sec in stages.items() if name != "total")
         print(f"| {b} | {picks:,} | {s:.2f} | {f:.2f} | {j:.2f} | **{total:.2f}** | {size / 1e6:.1f} | {stage_text} |")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def browser_bench(args) -> int:
+    """The Map page's budget box, end to end in a real browser (see the module docstring)."""
+    import socket
+    import subprocess
+    import tempfile
+    import urllib.request
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from bilaf_core import projection
+    from bilaf_core.features import import_embeddings
+    from bilaf_core.workspace import Workspace
+
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        print(f"--browser needs Chromium at {chromium} (Debian package chromium)", file=sys.stderr)
+        return 2
+    root = args.workspace or Path(tempfile.mkdtemp(prefix="bilaf-latency-"))
+    ws = Workspace(root)
+    if args.feature_dir:
+        feature_dir = args.feature_dir.resolve()
+    else:
+        feature_dir = Path(ws.features_root) / f"synthetic-{args.n}x{args.dim}-seed{args.seed}"
+        if not (feature_dir / "meta.json").is_file():
+            features, labels = synthetic_pool(args.n, args.dim, args.seed)
+            src = Path(tempfile.mkdtemp(prefix="bilaf-latency-src-"))
+            np.save(src / "features.npy", features)
+            np.save(src / "labels.npy", labels)
+            import_embeddings(src / "features.npy", labels_path=src / "labels.npy", out_dir=feature_dir)
+    fs_id = ws.register_feature_set(feature_dir)
+    n = ws.get_feature_set(fs_id)["n"]
+    t = time.perf_counter()
+    projection.project_feature_set(feature_dir)
+    map_s = time.perf_counter() - t
+    base = [r for r in ws.list_selections(fs_id) if r["method"] == "bilaf" and r["budget"] == max(2, round(0.01 * n))]
+    t = time.perf_counter()
+    if not base:
+        features = np.ascontiguousarray(np.load(feature_dir / "features.npy"), dtype=np.float32)
+        selection = run_selection("bilaf", features, "1%", seed=args.seed)
+        ws.save_selection(selection, fs_id, name="BiLAF")
+    base_s = time.perf_counter() - t
+    selection_id = [r for r in ws.list_selections(fs_id) if r["method"] == "bilaf"][0]["id"]
+    cores = int(np.asarray(ws.load_selection(selection_id).diagnostics["core_indices"]).size)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(root / "streamlit.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+         "--server.headless", "true", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=dict(os.environ, BILAF_WORKSPACE=str(root)), stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.3)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1500, "height": 1200})
+            t = time.perf_counter()
+            page.goto(url + "/map")
+            legend = page.locator(".legendtext")
+            expect(legend.filter(has_text="BiLAF boundary picks").first).to_be_visible(timeout=300_000)
+            open_s = time.perf_counter() - t
+            box = page.get_by_label("Budget (re-runs BiLAF on the same cores)", exact=True).and_(page.get_by_test_id("stNumberInputField"))
+            budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
+            seen = set()
+            for text in budgets + budgets[:1]:
+                from bilaf_core.selection import resolve_budget
+
+                budget = resolve_budget(text, n)
+                box.fill(str(budget))
+                t = time.perf_counter()
+                box.press("Enter")
+                # polled on every animation frame (Playwright's expect() backs off up to 1 s between checks)
+                page.wait_for_function(
+                    "text => [...document.querySelectorAll('.legendtext')].some(e => e.textContent.includes(text))",
+                    arg=f"BiLAF boundary picks ({budget - cores:,})", polling="raf", timeout=120_000,
+                )
+                rows.append((text, budget, time.perf_counter() - t, budget in seen))
+                seen.add(budget)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(15)
+        log.close()
+
+    print(f"# Map budget change, end to end in Chromium — {n:,}-image pool, K = {cores} cores\n")
+    print(f"- feature set: {feature_dir.name}; UMAP map {map_s:.1f} s (cached: 0); BiLAF at 1 % {base_s:.1f} s (cached: 0)")
+    print(f"- page opened and map drawn in {open_s:.1f} s (features read, figure built and sent once)")
+    print(f"- machine: {_cpu_model()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; Chromium headless, "
+          "software WebGL\n")
+    print("| budget | picks | Enter → legend redrawn (s) | |")
+    print("|---|---|---|---|")
+    for text, budget, seconds, again in rows:
+        print(f"| {text} | {budget:,} | **{seconds:.2f}** | {'seen before (memoised)' if again else 'BiLAF boundary stage re-run'} |")
+    return 0
+
+
+def during_jobs_bench(args) -> int:
+    """Select-page rerun times (AppTest) while background work runs in this process."""
+    import shutil
+    import tempfile
+    import threading
+
+    from streamlit.testing.v1 import AppTest
+
+    from bilaf_core import projection
+    from bilaf_core.features import import_embeddings
+    from bilaf_core.workspace import Workspace
+
+    n = args.n if args.n != 60_000 else 30_000
+    root = Path(tempfile.mkdtemp(prefix="bilaf-during-"))
+    os.environ["BILAF_WORKSPACE"] = str(root)
+    ws = Workspace(root)
+    features, labels = synthetic_pool(n, args.dim, args.seed)
+    np.save(root / "f.npy", features)
+    np.save(root / "l.npy", labels)
+    feature_dir = import_embeddings(root / "f.npy", labels_path=root / "l.npy", out_dir=Path(ws.features_root) / "pool")
+    ws.register_feature_set(feature_dir)
+    small = features[:2000]
+    t = time.perf_counter()
+    projection.compute_projection(small)  # compile UMAP's numba kernels once, as a running server has
+    warm_s = time.perf_counter() - t
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
+    at.switch_page("pages/select.py")
+    at.run()
+
+    def page_times(while_alive: threading.Thread | None, runs: int = 10) -> list[float]:
+        """One rerun every half second (a user clicking), timed, until the background work ends."""
+        out = []
+        while (while_alive is None and len(out) < runs) or (while_alive is not None and while_alive.is_alive()):
+            t0 = time.perf_counter()
+            at.run()
+            out.append(time.perf_counter() - t0)
+            if at.exception:
+                raise RuntimeError(at.exception[0].value)
+            time.sleep(0.5)
+        return out
+
+    def clear_map():
+        shutil.rmtree(feature_dir / projection.PROJECTION_DIR, ignore_errors=True)
+
+    def background(fn) -> threading.Thread:
+        thread = threading.Thread(target=fn, daemon=True)
+        thread.start()
+        time.sleep(1.0)  # past start-up, into the heavy part
+        return thread
+
+    rows = [("nothing", page_times(None), None)]
+    clear_map()
+    t = time.perf_counter()
+    job = background(lambda: projection.project_feature_set(feature_dir, isolate=False))
+    rows.append(("UMAP map in a worker thread (in-process)", page_times(job), time.perf_counter() - t))
+    clear_map()
+    t = time.perf_counter()
+    job = background(lambda: projection.project_feature_set(feature_dir, isolate=True))
+    rows.append(("UMAP map in a child process (isolate=True, the app's way)", page_times(job), time.perf_counter() - t))
+    if Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        from bilaf_core.features import extract_features
+
+        t = time.perf_counter()
+        job = background(lambda: extract_features("fashion-mnist", "efficientnet-lite0", limit=5000,
+                                                  cache_root=root / "extract", out_dir=None))
+        rows.append(("extracting 5 000 Fashion-MNIST images (worker thread)", page_times(job), time.perf_counter() - t))
+
+    print(f"# Page reruns while background jobs run — {n:,} x {args.dim} pool\n")
+    print(f"- the Select page rerun by Streamlit's AppTest every 0.5 s in the server's process; UMAP kernels compiled "
+          f"beforehand ({warm_s:.0f} s)")
+    print(f"- machine: {_cpu_model()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}\n")
+    print("| background work | job took (s) | page reruns | median (s) | 90th percentile (s) | slowest (s) |")
+    print("|---|---|---|---|---|---|")
+    for what, times, took in rows:
+        print(f"| {what} | {'—' if took is None else f'{took:.0f}'} | {len(times)} | {np.median(times):.2f} | "
+              f"**{np.percentile(times, 90):.2f}** | {max(times):.2f} |")
+    shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

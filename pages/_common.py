@@ -344,7 +344,7 @@ def ensure_projection(fs: dict) -> str | None:
     path = fs["path"]
 
     def work(progress):
-        projection.project_feature_set(path, progress=progress)
+        projection.project_feature_set(path, progress=progress, isolate=True)  # keeps the server's GIL free
         return {"feature_set": fs["id"]}
 
     return job_manager().submit(
@@ -873,6 +873,23 @@ def submit_bilaf_at_budget(fs: dict, selection_id: str, budget: int) -> str:
         "rebudget", f"BiLAF at B={budget:,}", work, key=f"rebudget:{selection_id}:{budget}",
         tags={"feature_set": fs["id"], "selection": selection_id},
     )
+
+
+def find_default_selection(rows: list[dict], method: str, budget: int, seed: int) -> str | None:
+    """The id of a saved, unedited selection made by `method` at `budget` with `seed` and the
+    method's default parameters (what a sweep point would make again), or None."""
+    import json as _json
+
+    from bilaf_core.selection import get_method
+
+    defaults = _json.loads(_json.dumps(get_method(method).defaults(), default=str))
+    for row in rows:
+        if row.get("method") != method or row.get("budget") != budget or row.get("seed") != seed or row.get("parent_id"):
+            continue
+        params = {k: v for k, v in (row.get("params") or {}).items() if k != "budget"}
+        if params == defaults:
+            return row["id"]
+    return None
 
 
 def submit_sweep_point(fs: dict, method: str, budget: int, *, seed: int, mode: str) -> str:

@@ -39,6 +39,7 @@ if meta.get("labels") is None:
 
 rows = common.selections(fs["id"])
 by_id = {r["id"]: r for r in rows}
+evaluations = common.evaluations(fs["id"])
 
 
 def series_of(row: dict) -> str:
@@ -58,15 +59,24 @@ with st.expander("Accuracy vs budget in one go: select and evaluate several meth
     sweep_mode = s3.selectbox("Training", ["linear-probe", "knn"], key="compare_sweep_mode")
     try:
         budgets = sorted({resolve_budget(b.strip(), fs["n"]) for b in sweep_budgets.split(",") if b.strip()})
-        st.caption(f"{len(sweep_methods) * len(budgets)} runs: budgets {', '.join(f'{b:,}' for b in budgets)}, seed 0; "
-                   "each selection is saved (with the method's default parameters) and evaluated.")
     except BilafError as exc:
         budgets = []
         st.error(str(exc))
-    if st.button("Run the sweep", disabled=not (sweep_methods and budgets), key="compare_sweep_run"):
-        for b in budgets:
-            for m in sweep_methods:
+    # a point whose selection is already saved (same method, budget, seed 0, default parameters) is only evaluated
+    plan = [(m, b, common.find_default_selection(rows, m, b, 0)) for b in budgets for m in sweep_methods]
+    evaluated_before = {(e["selection_id"], e["mode"]) for e in evaluations}
+    todo = [(m, b, sid) for m, b, sid in plan if sid is None or (sid, sweep_mode) not in evaluated_before]
+    if budgets:
+        reused = sum(1 for _, _, sid in todo if sid is not None)
+        st.caption(f"{len(plan)} points: budgets {', '.join(f'{b:,}' for b in budgets)}, seed 0, each method's default "
+                   f"parameters; {len(todo) - reused} to select and evaluate, {reused} saved selections to evaluate, "
+                   f"{len(plan) - len(todo)} already done. Every selection is saved.")
+    if st.button("Run the sweep", disabled=not todo, key="compare_sweep_run"):
+        for m, b, sid in todo:
+            if sid is None:
                 common.submit_sweep_point(fs, m, b, seed=0, mode=sweep_mode)
+            else:
+                common.submit_evaluation(fs, sid, sweep_mode, seed=0, title=f"{by_id[sid]['title']} → {sweep_mode}")
         st.rerun()
 
 if not rows:
@@ -77,7 +87,6 @@ if not rows:
     st.stop()
 
 # ------------------------------------------------------------------ run evaluations
-evaluations = common.evaluations(fs["id"])
 evaluated = {(e["selection_id"], e["mode"]) for e in evaluations}
 
 

@@ -415,6 +415,10 @@ def test_compare_budget_sweep_draws_one_line_per_method(env):
     curve = next(s for s in _chart_specs(at) if _axis_title(s, "yaxis") == "test accuracy (%)")
     lines = {t["name"]: t["x"] for t in curve["data"] if t.get("mode") == "lines+markers"}
     assert lines["BiLAF"] == [12, 30] and lines["K-Means"] == [12, 30]
+    # the same sweep again has nothing left to do: its selections are saved and evaluated
+    at.run()
+    assert any("4 already done" in c.value for c in at.caption), [c.value for c in at.caption]
+    assert at.button(key="compare_sweep_run").disabled
 
 
 def test_compare_says_what_to_do_without_labels(env, tmp_path):

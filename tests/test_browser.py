@@ -262,6 +262,7 @@ def test_offline_default_from_a_fresh_workspace(tmp_path, capsys):
         page.get_by_role("button", name="Run the sweep").click()
         _wait_idle(page, 1200)
         times["Compare sweep: 3 methods × 3 budgets, select + linear probe (first one extracts the test split)"] = time.monotonic() - start
+        page.set_viewport_size({"width": 1600, "height": 2600})  # clips must lie inside the viewport
         page.reload()
         expect(page.get_by_text("Per-class accuracy")).to_be_visible(timeout=60_000)
         page.wait_for_timeout(2500)
@@ -270,6 +271,7 @@ def test_offline_default_from_a_fresh_workspace(tmp_path, capsys):
         _save(page.screenshot(clip=clip), "compare.png", dirs)
 
         # Learn: the boundary step
+        page.set_viewport_size({"width": 1600, "height": 1300})
         page.goto(url + "/learn")
         page.get_by_text("6 · Boundary picks", exact=True).click()
         page.wait_for_timeout(3000)

@@ -114,3 +114,34 @@ def test_tiny_pools_and_bad_params():
 def test_missing_features_file_says_what_to_do(tmp_path):
     with pytest.raises(BilafError, match="extract or import"):
         projection.project_feature_set(tmp_path)
+
+
+def test_isolated_projection_runs_in_a_child_and_caches_the_same_map(tmp_path):
+    x, _ = _blobs(n_per=50)
+    d = _feature_dir(tmp_path, x)
+    seen = []
+    coords = projection.project_feature_set(d, isolate=True, progress=lambda f, m: seen.append((f, m)))
+    assert coords.shape == (x.shape[0], 2)
+    assert seen and seen[-1][0] == 1.0 and any("epoch" in m for _, m in seen)  # relayed from the child
+    np.testing.assert_array_equal(coords, projection.load_projection(d))
+    np.testing.assert_array_equal(coords, projection.compute_projection(x)[0])  # same map as in-process
+
+
+def test_isolated_projection_reports_bad_input_and_cancels(tmp_path):
+    d = tmp_path / "fs"
+    d.mkdir()
+    np.save(d / "features.npy", np.full((20, 4), np.nan, dtype=np.float32))
+    with pytest.raises(BilafError):
+        projection.project_feature_set(d, isolate=True)
+    x, _ = _blobs(n_per=60)
+    (tmp_path / "b").mkdir()
+    d2 = _feature_dir(tmp_path / "b", x)
+
+    def progress(fraction, message):
+        if "epoch" in message:
+            raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        projection.project_feature_set(d2, isolate=True, progress=progress)
+    assert projection.load_projection(d2) is None
+    assert not list(d2.rglob(".tmp-*"))  # the interrupted child left no half-written file
