@@ -35,6 +35,7 @@ point on another device can still change near-tied picks.
 from __future__ import annotations
 
 import math
+import warnings
 import random as _pyrandom
 
 import numpy as np
@@ -103,7 +104,10 @@ def _activeft(torch, features, budget, ctx, dev, temperature, iterations, lr, ba
     gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
 
     with ctx.stage("normalise"):
-        feats = torch.from_numpy(features).to(dev)
+        with warnings.catch_warnings():
+            # a memory-mapped pool is read-only; it is only read here (normalize makes a new tensor)
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            feats = torch.from_numpy(features).to(dev)
         feats = torch.nn.functional.normalize(feats, dim=1)
 
     with ctx.stage("optimise"):
