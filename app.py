@@ -29,6 +29,7 @@ pages = {
     ],
 }
 nav = st.navigation(pages)
+common.page_opened_at()  # the session's start: later failures are announced, older ones not
 
 with st.sidebar:
     st.logo(str(ROOT / "assets" / "logo.svg"), size="large")

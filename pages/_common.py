@@ -19,13 +19,20 @@ from bilaf_core import palette
 
 # Streamlit runs a `pages/` folder beside the main script in its legacy multipage mode until the
 # main script calls st.navigation — so the very first visit to a fresh server straight at /map
-# would run the page alone, without app.py, and list every file of pages/ as a page.  Leave that
-# mode and rerun through app.py, which resolves the same URL with st.navigation.
+# would run the page alone, without app.py, and list every file of pages/ as a page.  The first
+# import of this module (by that page) leaves that mode and reruns through app.py, which resolves
+# the same URL with st.navigation; the mode is a server-wide flag, so once is enough.
 from streamlit.runtime.pages_manager import PagesManager as _PagesManager  # noqa: E402
 
-if _PagesManager.uses_pages_directory:
-    _PagesManager.uses_pages_directory = False
-    st.rerun()
+
+def run_through_app() -> None:
+    """Rerun through app.py when Streamlit ran this page on its own (legacy pages/ mode)."""
+    if _PagesManager.uses_pages_directory:
+        _PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+run_through_app()
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -851,9 +858,11 @@ def evaluations(feature_set_id: str) -> list[dict]:
     return out
 
 
-#: pools up to this many feature values (N x D) re-run BiLAF inline on a budget change: 60 000 x
-#: 112 (Fashion-MNIST, EfficientNet-Lite0) takes ~0.5 s on two cores (bench/app_latency.py).
-#: Larger ones run it as a background job so the page never freezes.
+#: pools up to this many feature values (N x D) re-run BiLAF inline on a budget change (the page
+#: shows the result as soon as it is drawn): 60 000 x 112 (Fashion-MNIST, EfficientNet-Lite0,
+#: K = 300) costs ~2.6 s of CPU on two cores, nearly all of it BiLAF recomputing each
+#: pseudo-class's distance matrix (bench/app_latency.py).  Larger pools run it as a background
+#: job with progress, so the page never waits longer than that.
 INLINE_BILAF_VALUES = 60_000 * 256
 
 

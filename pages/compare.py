@@ -65,14 +65,14 @@ with st.expander("Accuracy vs budget in one go: select and evaluate several meth
     # a point whose selection is already saved (same method, budget, seed 0, default parameters) is only evaluated
     plan = [(m, b, common.find_default_selection(rows, m, b, 0)) for b in budgets for m in sweep_methods]
     evaluated_before = {(e["selection_id"], e["mode"]) for e in evaluations}
-    todo = [(m, b, sid) for m, b, sid in plan if sid is None or (sid, sweep_mode) not in evaluated_before]
+    pending = [(m, b, sid) for m, b, sid in plan if sid is None or (sid, sweep_mode) not in evaluated_before]
     if budgets:
-        reused = sum(1 for _, _, sid in todo if sid is not None)
+        reused = sum(1 for _, _, sid in pending if sid is not None)
         st.caption(f"{len(plan)} points: budgets {', '.join(f'{b:,}' for b in budgets)}, seed 0, each method's default "
-                   f"parameters; {len(todo) - reused} to select and evaluate, {reused} saved selections to evaluate, "
-                   f"{len(plan) - len(todo)} already done. Every selection is saved.")
-    if st.button("Run the sweep", disabled=not todo, key="compare_sweep_run"):
-        for m, b, sid in todo:
+                   f"parameters; {len(pending) - reused} to select and evaluate, {reused} saved selections to evaluate, "
+                   f"{len(plan) - len(pending)} already done. Every selection is saved.")
+    if st.button("Run the sweep", disabled=not pending, key="compare_sweep_run"):
+        for m, b, sid in pending:
             if sid is None:
                 common.submit_sweep_point(fs, m, b, seed=0, mode=sweep_mode)
             else:

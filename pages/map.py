@@ -207,7 +207,7 @@ if side_id:
     # One shared legend above both maps (the class colours once, then every pick layer), so the
     # two plotting areas are the same size and the same point sits at the same place in both.
     st.html(figs.legend_html(background, main_layers + side_layers))
-    height = figs.map_height(ranges, 560, extra=50, lo=380, hi=640)
+    height = figs.map_height(ranges, 560, extra=50, lo=320, hi=640)
     left, right = st.columns(2)
     with left:
         main_title = common.selection_title({**main_row, "title": None, "budget": shown.budget}) + (" (preview)" if preview_note else "")

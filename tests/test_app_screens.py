@@ -24,6 +24,21 @@ TIMEOUT = 180
 
 
 # ------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True)
+def through_app_py(monkeypatch):
+    """Every run goes through app.py, as in a browser.  AppTest resets Streamlit's legacy-pages
+    flag before each run, and with a pages/ folder beside app.py it would then run the page alone;
+    a real server leaves that mode once, for good (pages/_common.py)."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    real_init = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
 
 
 def _blobs(n_per=70, k=4, dim=24, seed=0):
@@ -431,3 +446,42 @@ def test_compare_says_what_to_do_without_labels(env, tmp_path):
     at = _page("compare")
     _select_feature_set(at, "compare_fs", fs_id)
     assert any("no labels" in w.value for w in at.warning)
+
+
+def test_compare_finetune_of_imported_embeddings_says_why_not(env):
+    bilaf_id = _bilaf_selection(env)
+    at = _page("compare")
+    _select_feature_set(at, "compare_fs", env["fs_id"])
+    at.multiselect(key="compare_selections").set_value([bilaf_id]).run()
+    at.radio(key="compare_mode").set_value("finetune").run()
+    _ok(at)
+    assert at.selectbox(key="compare_preset").value is None  # the engine's recommendation for this backbone
+    at.button(key="compare_run").click().run()
+    record = _wait_jobs("evaluate")[0]
+    assert record["status"] == "failed" and "imported embeddings" in record["error"]
+    at.run()
+    assert any("imported embeddings" in e.value for e in at.error)  # shown on the page, with what to do
+
+
+@pytest.mark.slow
+def test_compare_finetunes_the_backbone_for_one_epoch(env):
+    from bilaf_core.features import extract_features
+    from bilaf_core.selection import run_selection
+
+    path = extract_features("synthetic", "efficientnet-lite0", limit=120, cache_root=env["ws"].features_root)
+    fs_id = env["ws"].register_feature_set(path)
+    x = np.load(Path(path) / "features.npy")
+    sel_id = env["ws"].save_selection(run_selection("random", x, 24, seed=0), fs_id, name="Random")
+    at = _page("compare")
+    _select_feature_set(at, "compare_fs", fs_id)
+    at.multiselect(key="compare_selections").set_value([sel_id]).run()
+    at.radio(key="compare_mode").set_value("finetune").run()
+    at.selectbox(key="compare_preset").set_value("cpu-quick").run()
+    at.number_input(key="compare_epochs").set_value(1).run()
+    at.button(key="compare_run").click().run()
+    record = _wait_jobs("evaluate", timeout=900)[0]
+    assert record["status"] == "done", record.get("error")
+    at.run()
+    _ok(at)
+    row = _accuracy_table(at).to_dict("records")[0]
+    assert row["training"] == "finetune (cpu-quick)" and row["trained on"] == 24

@@ -196,19 +196,31 @@ def test_bilaf_selection_then_map_in_a_real_browser(tmp_path):
         drawn = plot.screenshot()
         assert _pixels_near(drawn, BILAF_RED) > 100, "no BiLAF-red pick markers on the drawn map"
         shot = _save(page.screenshot(), "browser-map.png", dirs)
+
+        # a box drawn over the whole plotting area selects every point (Streamlit's selection event)
+        area = plot.locator(".nsewdrag").first.bounding_box()
+        page.mouse.move(area["x"] + 3, area["y"] + 3)
+        page.mouse.down()
+        page.mouse.move(area["x"] + area["width"] / 2, area["y"] + area["height"] / 2, steps=5)
+        page.mouse.move(area["x"] + area["width"] - 3, area["y"] + area["height"] - 3, steps=5)
+        page.mouse.up()
+        expect(page.get_by_text("400 points selected on the map")).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("button", name="Remove 20 from the picks")).to_be_visible()
     assert shot.stat().st_size > 20_000
 
 
 # ------------------------------------------------------------------ slow: the offline default, end to end
 
 
-def _clip(page, top_locator, bottom_locator, pad: int = 12) -> dict:
-    """A screenshot clip of the main area from the top of one element to the bottom of another."""
+def _clip(page, top_locator, *bottom_locators, pad: int = 12) -> dict:
+    """A screenshot clip of the main area from the top of one element to the lowest bottom of
+    the others."""
+    page.evaluate("document.activeElement && document.activeElement.blur()")  # no focus ring in the picture
     main = page.locator("[data-testid=stMain]").bounding_box()
     top = top_locator.bounding_box()
-    bottom = bottom_locator.bounding_box()
+    bottom = max(b["y"] + b["height"] for b in (loc.bounding_box() for loc in bottom_locators))
     return {"x": main["x"] + 40, "y": max(top["y"] - pad, 0), "width": main["width"] - 80,
-            "height": bottom["y"] + bottom["height"] - top["y"] + 2 * pad}
+            "height": bottom - top["y"] + 2 * pad}
 
 
 @pytest.mark.slow
@@ -264,10 +276,10 @@ def test_offline_default_from_a_fresh_workspace(tmp_path, capsys):
         times["Compare sweep: 3 methods × 3 budgets, select + linear probe (first one extracts the test split)"] = time.monotonic() - start
         page.set_viewport_size({"width": 1600, "height": 2600})  # clips must lie inside the viewport
         page.reload()
-        expect(page.get_by_text("Per-class accuracy")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Per-class accuracy", exact=True)).to_be_visible(timeout=60_000)
         page.wait_for_timeout(2500)
-        per_class = page.locator("[data-testid=stPlotlyChart]").nth(1)
-        clip = _clip(page, page.get_by_role("heading", name="Accuracy", exact=True), per_class)
+        charts = page.locator("[data-testid=stPlotlyChart]")
+        clip = _clip(page, page.get_by_role("heading", name="Accuracy", exact=True), charts.nth(0), charts.nth(1))
         _save(page.screenshot(clip=clip), "compare.png", dirs)
 
         # Learn: the boundary step
