@@ -43,7 +43,7 @@ import numpy as np
 from . import __version__
 # backbones also sets OMP_WAIT_POLICY before torch loads (see there); neither module imports torch
 from .backbones import build_backbone, cpu_count, get_backbone_spec, resolve_weights
-from .atomic import atomic_path, atomic_save_npy, atomic_write_json
+from .atomic import atomic_path, atomic_save_npy, atomic_write_json, exclusive_lock
 from .datasets import get_dataset, get_dataset_spec, workspace_root
 from .errors import BilafError
 
@@ -443,9 +443,28 @@ def extract_features(dataset: str = "fashion-mnist", backbone: str = "efficientn
                       variant=spec.variant(), layer=layer_name, weights_digest=source.digest, image_size=size)
     out = Path(out_dir).expanduser().resolve() if out_dir is not None else Path(cache_root or default_cache_root()).expanduser().resolve() / key
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if not distributed and _is_complete(out, key):
+    work = dict(dataset=dataset, root=root, split=split, limit=limit, download=download, spec=spec, source=source,
+                size=size, layer_name=layer_name, key=key, out=out, device=device, batch_size=batch_size,
+                chunk_size=chunk_size, num_workers=num_workers, report=report, started=started)
+    if distributed:
+        return _extract_here(**work)
+    if _is_complete(out, key):
         report(1.0, f"cached: {out}")
         return out
+    # Two processes asked for the same folder (the app's jobs, a CLI beside the app, two servers):
+    # one extracts, the others wait and then find it complete.  Under torchrun the ranks extract
+    # together and must not wait on each other.
+    with exclusive_lock(out.parent / f".{out.name}.lock"):
+        if _is_complete(out, key):
+            report(1.0, f"cached: {out}")
+            return out
+        return _extract_here(**work)
+
+
+def _extract_here(*, dataset, root, split, limit, download, spec, source, size, layer_name, key, out, device,
+                  batch_size, chunk_size, num_workers, report, started) -> Path:
+    """Set up the device and process group, then extract (every rank under torchrun)."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
 
     torch_device = resolve_device(device)
     dist = _init_distributed(torch_device.type)

@@ -267,21 +267,6 @@ def _weights_for(meta: dict, options: dict) -> tuple[str | None, bool]:
     return given, bool(options.get("download", False))
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path):
-    """Hold an exclusive advisory lock on `path` (between processes, and between threads that
-    each open it) for the duration of the block."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @dataclass
 class _TestSet:
     """Where the test samples come from: their labels, and a description for params."""
@@ -312,16 +297,13 @@ def _resolve_test_set(pool, picks: np.ndarray, test_feature_dir, options: dict, 
     if _dataset_has_test_split(info):
         weights, download = _weights_for(pool.meta, options)
         report(0.0, f"test split of {info.get('name')}: features (cached after the first time)")
-        # two evaluations of one pool at once (app jobs, a CLI beside the app) would both extract
-        # the test split into the same cache folder: the second waits for the first, then finds
-        # it cached.  (Under torchrun the ranks extract together and must not wait on each other.)
-        lock = pool.path.parent / f".test-split-{pool.path.name}.lock"
-        with _exclusive(lock) if int(os.environ.get("WORLD_SIZE", "1")) <= 1 else contextlib.nullcontext():
-            folder = extract_features(
-                info["name"], pool.meta["backbone"], root=info.get("root"), split="test", weights=weights,
-                image_size=pool.meta.get("image_size"), layer=pool.meta.get("layer"), limit=None,
-                cache_root=pool.path.parent, progress=report, download=download,
-            )
+        # two evaluations of one pool at once (app jobs, a CLI beside the app) are safe:
+        # extract_features lets one process extract a folder while the others wait for it
+        folder = extract_features(
+            info["name"], pool.meta["backbone"], root=info.get("root"), split="test", weights=weights,
+            image_size=pool.meta.get("image_size"), layer=pool.meta.get("layer"), limit=None,
+            cache_root=pool.path.parent, progress=report, download=download,
+        )
         test = load_feature_set(folder)
         if test.meta.get("weights_digest") != pool.meta.get("weights_digest"):
             raise BilafError(f"the test split's backbone weights ({test.meta.get('weights_digest')}) differ from the pool's "

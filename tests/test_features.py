@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,3 +305,23 @@ def test_default_layer_beats_raw_pixels(default_accuracy):
     pixels = knn_accuracy(train.images.reshape(2000, -1).astype(np.float32), train.labels,
                           test.images.reshape(1000, -1).astype(np.float32), test.labels)
     assert default_accuracy > pixels + 0.02, (default_accuracy, pixels)
+
+
+def test_two_processes_extracting_the_same_folder_do_not_collide(tmp_path):
+    """The app's job and a CLI beside it ask for the same feature set at once: one extracts, the
+    other waits for it and gets the complete folder (before the lock, the second one's
+    .partial chunks vanished under it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bilaf_core.features import extract_features; "
+            f"print(extract_features(cache_root=sys.argv[1], **{SMALL!r}))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    folders = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(folders) == 1
+    fs = load_feature_set(folders.pop())
+    assert fs.n == 160 and np.isfinite(fs.features).all()
