@@ -22,6 +22,7 @@ going through PIL one image at a time.
 
 from __future__ import annotations
 
+import abc
 import functools
 import gzip
 import os
@@ -62,7 +63,7 @@ def default_download_root() -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-class Dataset:
+class Dataset(abc.ABC):
     """An ordered pool of images.  Subclasses set the attributes and implement :meth:`load_image`.
 
     Attributes
@@ -96,9 +97,9 @@ class Dataset:
         """The file behind sample `index`, or None for in-memory datasets."""
         return None
 
+    @abc.abstractmethod
     def load_image(self, index: int) -> Image.Image:
         """Sample `index` as a PIL RGB image.  May raise (OSError, ValueError…) for a bad file."""
-        raise NotImplementedError
 
     def load_resized(self, index: int, size: int) -> np.ndarray:
         """Sample `index` resized so its shorter side is `size`, centre-cropped: (size, size, 3) uint8.
@@ -129,7 +130,7 @@ class Dataset:
 
     def load_array_batch(self, indices: np.ndarray) -> np.ndarray:
         """Raw uint8 images for `indices`: (n, H, W) grayscale or (n, H, W, 3) RGB."""
-        raise NotImplementedError(f"{type(self).__name__} has no in-memory array")
+        raise TypeError(f"{type(self).__name__} has no in-memory array; check .in_memory first")
 
     # -- provenance ----------------------------------------------------------------------------
     def describe(self) -> dict:
