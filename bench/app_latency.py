@@ -55,6 +55,8 @@ sys.path.insert(0, str(ROOT))
 from bilaf_core.selection import run_selection  # noqa: E402
 from pages import _figures as figs  # noqa: E402
 
+from _machine import cpu_model  # noqa: E402 — bench/_machine.py (this script's folder is on sys.path)
+
 
 def synthetic_pool(n: int, dim: int, seed: int, n_modes: int = 10):
     rng = np.random.default_rng(seed)
@@ -155,7 +157,7 @@ def main(argv=None) -> int:
     print(f"# Map latency — {n:,} x {dim} pool, K = {k} cores\n")
     print(f"- features: {source}; loaded in {load_s:.1f} s (once per server, then memoised)")
     print(f"- cores: {args.cores} ({cores_s:.1f} s, once per selection); map: {map_source}")
-    print(f"- machine: {_cpu_model()}, {cpu} CPU cores, load average {os.getloadavg()[0]:.1f}, Python {platform.python_version()}")
+    print(f"- machine: {cpu_model()}, {cpu} CPU cores, load average {os.getloadavg()[0]:.1f}, Python {platform.python_version()}")
     print("- select CPU = CPU time of all this process's threads (BLAS uses both cores); wall times grow with the load\n")
     print("| budget | picks | select (s) | select CPU (s) | figure (s) | json (s) | total (s) | payload (MB) | BiLAF stages (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -163,16 +165,6 @@ def main(argv=None) -> int:
         stage_text = ", ".join(f"{name} {sec:.2f}" for name, sec in stages.items() if name != "total")
         print(f"| {b} | {picks:,} | {s:.2f} | {c:.2f} | {f:.2f} | {j:.2f} | **{total:.2f}** | {size / 1e6:.1f} | {stage_text} |")
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def browser_bench(args) -> int:
@@ -273,7 +265,7 @@ def browser_bench(args) -> int:
     print(f"# Map budget change, end to end in Chromium — {n:,}-image pool, K = {cores} cores\n")
     print(f"- feature set: {feature_dir.name}; UMAP map {map_s:.1f} s (cached: 0); BiLAF at 1 % {base_s:.1f} s (cached: 0)")
     print(f"- page opened and map drawn in {open_s:.1f} s (features read, figure built and sent once)")
-    print(f"- machine: {_cpu_model()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; Chromium headless, "
+    print(f"- machine: {cpu_model()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; Chromium headless, "
           "software WebGL\n")
     print("| budget | picks | Enter → legend redrawn (s) | |")
     print("|---|---|---|---|")
@@ -353,7 +345,7 @@ def during_jobs_bench(args) -> int:
     print(f"# Page reruns while background jobs run — {n:,} x {args.dim} pool\n")
     print(f"- the Select page rerun by Streamlit's AppTest every 0.5 s in the server's process; UMAP kernels compiled "
           f"beforehand ({warm_s:.0f} s)")
-    print(f"- machine: {_cpu_model()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}\n")
+    print(f"- machine: {cpu_model()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}\n")
     print("| background work | job took (s) | page reruns | median (s) | 90th percentile (s) | slowest (s) |")
     print("|---|---|---|---|---|---|")
     for what, times, took in rows:

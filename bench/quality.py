@@ -34,20 +34,12 @@ sys.path.insert(0, str(ROOT))
 from bilaf_core import benchmark as bm  # noqa: E402
 from bilaf_core.errors import BilafError  # noqa: E402
 
+from _machine import cpu_model  # noqa: E402 — bench/_machine.py (this script's folder is on sys.path)
+
 FULL = {"budgets": "10,20,50,100,200,500", "seeds": "3", "limit": None, "name": "quality"}
 #: Fashion-MNIST's classes
 N_CLASSES = 10
 QUICK = {"budgets": "10,20,50,100", "seeds": "2", "limit": 10_000, "name": "quality-quick"}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def extract(split: str, limit, log) -> Path:

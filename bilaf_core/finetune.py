@@ -47,6 +47,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
+from .atomic import jsonable
 from .errors import BilafError
 
 ProgressFn = Callable[[float, str], None]
@@ -70,23 +71,6 @@ KNN_BLOCK_ROWS = 4096
 # --------------------------------------------------------------------------------------------
 # Result
 # --------------------------------------------------------------------------------------------
-
-
-def _json_safe(value):
-    """`value` with numpy scalars/arrays turned into Python ones and NaN/inf into None."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 @dataclass
@@ -116,7 +100,7 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         """A JSON-able dict (NaN → None); :meth:`from_dict` reads it back."""
-        return _json_safe(asdict(self))
+        return jsonable(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> "EvalResult":
@@ -514,7 +498,7 @@ def evaluate_selection(feature_dir, picks, mode: str = "linear-probe", *, test_f
     timings["total"] = time.perf_counter() - started
     report(1.0, f"{mode}: {100 * accuracy:.2f}% test top-1")
     return EvalResult(mode=mode, accuracy=accuracy, per_class=per_class, confusion=confusion, class_names=class_names,
-                      n_train=int(len(picks)), params=_json_safe(params),
+                      n_train=int(len(picks)), params=jsonable(params),
                       timings={k: round(v, 4) for k, v in timings.items()})
 
 
@@ -1124,7 +1108,7 @@ def _evaluate_finetune(feature_dir, picks, *, test_feature_dir, preset, seed: in
             timings["checkpoint"] = time.perf_counter() - tick
             timings["total"] = time.perf_counter() - started
             result = EvalResult(mode="finetune", accuracy=accuracy, per_class=per_class, confusion=confusion,
-                                class_names=class_names, n_train=int(len(picks)), params=_json_safe(params),
+                                class_names=class_names, n_train=int(len(picks)), params=jsonable(params),
                                 timings={k: round(v, 4) for k, v in timings.items()})
             atomic_write_json(out_dir / "result.json", result.to_dict(), indent=1)
         return dist.broadcast(result)
@@ -1146,7 +1130,7 @@ def _save_checkpoint(out_dir: Path, model, params: dict, class_names: list, pick
     payload = {"model": state, "backbone": spec.name, "timm_model": spec.timm_name,
                "create_kwargs": dict(spec.create_kwargs), "class_names": list(class_names),
                "image_size": config.image_size, "mean": list(spec.mean), "std": list(spec.std),
-               "picks": picks.tolist(), "params": _json_safe(params)}
+               "picks": picks.tolist(), "params": jsonable(params)}
     with atomic_path(out_dir / "checkpoint.pt") as tmp:
         torch.save(payload, tmp)
 

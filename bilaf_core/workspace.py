@@ -42,7 +42,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_save_npz, atomic_write_json
+from .atomic import atomic_save_npz, atomic_write_json, jsonable
 from .datasets import workspace_root
 from .errors import BilafError
 
@@ -118,25 +118,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+g{out}{'.dirty' if dirty else ''}" if out else __version__
-
-
-def _jsonable(value: Any) -> Any:
-    """Parameters and results as JSON: arrays become lists, NaN/inf become null."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 class Workspace:
@@ -256,7 +237,7 @@ class Workspace:
         dataset_name = dataset.get("name") if isinstance(dataset, dict) else dataset
         feature_set_id = "fs-" + uuid.uuid5(uuid.NAMESPACE_URL, folder.as_uri()).hex[:12]
         row = (feature_set_id, str(folder), meta.get("created"), _now(), int(shape[0]), int(shape[1]),
-               dataset_name, meta.get("backbone"), int(meta.get("labels") is not None), json.dumps(_jsonable(summary)))
+               dataset_name, meta.get("backbone"), int(meta.get("labels") is not None), json.dumps(jsonable(summary)))
         with self._connect() as db, self._write(db):
             db.execute(
                 "INSERT INTO feature_sets (id, path, created, registered, n, dim, dataset, backbone, has_labels, meta) "
@@ -320,8 +301,8 @@ class Workspace:
         if parent_id is not None:
             self._selection_row(parent_id)  # raises when unknown
         selection_id = _new_id("sel")
-        params = _jsonable(selection.params or {})
-        timings = _jsonable(selection.timings or {})
+        params = jsonable(selection.params or {})
+        timings = jsonable(selection.timings or {})
         seconds = timings.get("total") if isinstance(timings.get("total"), (int, float)) else (
             float(sum(v for v in timings.values() if isinstance(v, (int, float)))) if timings else None)
         record = {
@@ -440,7 +421,7 @@ class Workspace:
         """Store an evaluation result (``EvalResult`` or its dict) of a stored selection."""
         sel = self._selection_row(selection_id)
         data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
-        data = _jsonable(data)
+        data = jsonable(data)
         if "mode" not in data or "accuracy" not in data:
             raise BilafError("an evaluation result needs at least 'mode' and 'accuracy'")
         timings = data.get("timings") or {}

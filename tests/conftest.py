@@ -93,3 +93,19 @@ def block_network(blocked_connections):
         patch.setattr(socket.socket, "sendto", sendto)
         patch.setattr(socket, "getaddrinfo", getaddrinfo)
         yield
+
+
+@pytest.fixture()
+def through_app_py(monkeypatch):
+    """For AppTest: every run goes through app.py, as in a browser.  AppTest resets Streamlit's
+    legacy-pages flag before each run, and with a pages/ folder beside app.py it would then run
+    the page alone; a real server leaves that mode once, for good (pages/_common.py)."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    real_init = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)

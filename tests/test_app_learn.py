@@ -9,20 +9,8 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 STEPS = ["1_pool", "2_cores", "3_assign", "4_rings", "5_denoise", "6_boundary", "7_compare"]
 
 
-@pytest.fixture(autouse=True)
-def through_app_py(monkeypatch):
-    """Every run goes through app.py, as in a browser.  AppTest resets Streamlit's legacy-pages
-    flag before each run, and with a pages/ folder beside app.py it would then run the page alone;
-    a real server leaves that mode once, for good (pages/_common.py)."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    real_init = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
+#: every AppTest run goes through app.py, as in a browser (the fixture is in conftest.py)
+pytestmark = pytest.mark.usefixtures("through_app_py")
 
 
 @pytest.fixture
