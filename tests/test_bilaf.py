@@ -351,3 +351,31 @@ def test_activeft_analytic_gradient_matches_autograd(subset):
     (data + reg).backward()
     assert value == pytest.approx(float((data + reg).detach()), abs=1e-10)
     torch.testing.assert_close(grad, leaf.grad, atol=1e-12, rtol=0)
+
+
+def test_budget_changes_reuse_the_plan_and_give_the_same_picks(monkeypatch):
+    """Steps 1-2 do not depend on the budget: a second budget on the same pool and cores reuses
+    the kept plan (no distance matrix is rebuilt) and picks exactly what a fresh run picks."""
+    from bilaf_core.selection import bilaf as bilaf_mod
+
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(c, 1.0, (120, 12)) for c in rng.normal(0, 4, (6, 12))]).astype(np.float32)
+    cores = rng.choice(x.shape[0], 12, replace=False)
+
+    monkeypatch.setattr(bilaf_mod, "PLAN_CACHE_BYTES", 0)  # fresh runs: no plan kept or used
+    expected = {b: run_selection("bilaf", x, b, core_indices=cores) for b in (30, 70, 12)}
+    monkeypatch.setattr(bilaf_mod, "PLAN_CACHE_BYTES", 512 * 1024 * 1024)
+    bilaf_mod._PLANS.clear()
+    run_selection("bilaf", x, 50, core_indices=cores)  # builds and keeps the plan
+    built = []
+    real = bilaf_mod.ClusterDistances.__init__
+    monkeypatch.setattr(bilaf_mod.ClusterDistances, "__init__", lambda self, pts: (built.append(1), real(self, pts))[1])
+    for budget, want in expected.items():
+        got = run_selection("bilaf", x, budget, core_indices=cores)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        for name in ("cluster", "ring_level", "removed_as_noise", "boundary_score", "opponent_cluster", "allocation"):
+            np.testing.assert_array_equal(got.diagnostics[name], want.diagnostics[name])
+    assert built == []  # every budget came from the plan
+    # another pool (same shape) or other cores is a new plan
+    run_selection("bilaf", x + 1e-3, 30, core_indices=cores)
+    assert built
