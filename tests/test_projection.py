@@ -143,5 +143,10 @@ def test_isolated_projection_reports_bad_input_and_cancels(tmp_path):
 
     with pytest.raises(Cancelled):
         projection.project_feature_set(d2, isolate=True, progress=progress)
-    assert projection.load_projection(d2) is None
-    assert not list(d2.rglob(".tmp-*"))  # the interrupted child left no half-written file
+    # The child's progress lines reach us through a pipe: on a busy machine a small map can be
+    # finished and saved before we read its first "epoch" line and interrupt it.  Either way no
+    # half-written file is left, and a map that is there is the complete one.
+    assert not list(d2.rglob(".tmp-*"))
+    left = projection.load_projection(d2)
+    if left is not None:
+        np.testing.assert_array_equal(left, projection.compute_projection(x)[0])
