@@ -53,6 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bilaf_core.selection import run_selection  # noqa: E402
+from bilaf_core.selection.bilaf import keep_plans  # noqa: E402
+
+keep_plans()  # as the app does (pages/_common.py): budget changes reuse BiLAF's plan
 from pages import _figures as figs  # noqa: E402
 
 from _machine import cpu_model  # noqa: E402 — bench/_machine.py (this script's folder is on sys.path)

@@ -16,6 +16,10 @@ import streamlit as st
 
 from bilaf_core import jobs as jobs_mod
 from bilaf_core import palette
+from bilaf_core.selection.bilaf import keep_plans
+
+# the Map's budget box re-runs BiLAF on the same cores: keep its budget-independent work
+keep_plans()
 
 # Streamlit runs a `pages/` folder beside the main script in its legacy multipage mode until the
 # main script calls st.navigation — so the very first visit to a fresh server straight at /map

@@ -305,12 +305,25 @@ class _Plan:
 
 
 #: plans kept between calls: the latest one, when its distance matrices fit in this many bytes
-#: (60 000 Fashion-MNIST features with 300 cores: ~120 MB)
-PLAN_CACHE_BYTES = 512 * 1024 * 1024
+#: (60 000 Fashion-MNIST features with 300 cores: ~120 MB).  0 = off, the default: a one-shot
+#: run (the CLI) would only pay for hashing the pool and holding the matrices.  Long-running
+#: hosts that re-run BiLAF at other budgets (the app) turn it on with `keep_plans()`.
+PLAN_CACHE_BYTES = 0
 #: pools up to this many values are fingerprinted (hashed) to recognise a repeated call
 _PLAN_HASH_VALUES = 64 * 1024 * 1024
 _PLANS: dict = {}
 _PLANS_LOCK = threading.Lock()
+
+
+def keep_plans(max_bytes: int = 512 * 1024 * 1024) -> None:
+    """Keep BiLAF's budget-independent work (assignment, per-cluster distance matrices,
+    denoising) for the latest pool and cores, up to `max_bytes` of matrices, so that a run at
+    another budget re-does only the budget split and the boundary picks.  0 turns it off."""
+    global PLAN_CACHE_BYTES
+    PLAN_CACHE_BYTES = int(max_bytes)
+    if PLAN_CACHE_BYTES <= 0:
+        with _PLANS_LOCK:
+            _PLANS.clear()
 
 
 def _plan_key(features, core_indices, *params):
