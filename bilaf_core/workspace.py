@@ -280,13 +280,17 @@ class Workspace:
             rows = [self._feature_set_row(r) for r in db.execute("SELECT * FROM feature_sets ORDER BY COALESCE(created, registered) DESC")]
         return [r for r in rows if include_missing or not r["missing"]]
 
-    def get_feature_set(self, feature_set_id: str) -> dict:
+    def _one(self, table: str, record_id: str, what: str) -> sqlite3.Row:
+        """The row `record_id` of `table`, or a BilafError naming the `what` that is missing."""
         with self._connect() as db:
-            row = db.execute("SELECT * FROM feature_sets WHERE id=?", (feature_set_id,)).fetchone()
+            row = db.execute(f"SELECT * FROM {table} WHERE id=?", (record_id,)).fetchone()
         if row is None:
-            raise BilafError(f"no feature set {feature_set_id!r} in the workspace {self.root}; "
+            raise BilafError(f"no {what} {record_id!r} in the workspace {self.root}; "
                              "`python -m bilaf_core runs` lists what it holds")
-        return self._feature_set_row(row)
+        return row
+
+    def get_feature_set(self, feature_set_id: str) -> dict:
+        return self._feature_set_row(self._one("feature_sets", feature_set_id, "feature set"))
 
     # ----------------------------------------------------------------- selections
 
@@ -357,12 +361,7 @@ class Workspace:
         return self.save_selection(selection, feature_set_id, name=name or (Path(source).name if source else "imported"))
 
     def _selection_row(self, selection_id: str) -> dict:
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM selections WHERE id=?", (selection_id,)).fetchone()
-        if row is None:
-            raise BilafError(f"no selection {selection_id!r} in the workspace {self.root}; "
-                             "`python -m bilaf_core runs` lists what it holds")
-        return self._selection_dict(row)
+        return self._selection_dict(self._one("selections", selection_id, "selection"))
 
     @staticmethod
     def _selection_dict(row: sqlite3.Row) -> dict:
