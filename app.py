@@ -5,7 +5,6 @@ Run:  .venv/bin/streamlit run app.py      (serves on http://127.0.0.1:8501, work
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import streamlit as st
@@ -54,8 +53,7 @@ with st.sidebar:
     # Poll only while something runs: an idle page has no timer reruns competing with the user's.
     if common.active_jobs():
         _running_jobs_live()
-    root = os.environ.get("BILAF_WORKSPACE") or str(ROOT / "workspace")
-    st.caption(f"Workspace: `{root}`  \nSet `BILAF_WORKSPACE` to use another folder.")
+    st.caption(f"Workspace: `{common.workspace().root}`  \nSet `BILAF_WORKSPACE` to use another folder.")
 
 st.html(common.method_chip_css())  # one colour per method, on every screen
 nav.run()

@@ -109,8 +109,6 @@ def fmt_time(ts: Any) -> str:
 
 def workspace():
     """The workspace for this server (``$BILAF_WORKSPACE`` or ``<project>/workspace``)."""
-    from bilaf_core.workspace import Workspace
-
     root = os.environ.get("BILAF_WORKSPACE") or None
     return _workspace_for(root)
 
