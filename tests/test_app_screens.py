@@ -286,12 +286,18 @@ def test_map_without_selection_says_what_to_do(env, tmp_path):
     assert len(at.get("plotly_chart")) == 1  # the pool is drawn meanwhile
 
 
-def test_map_live_budget_reuses_the_cores_and_saves_a_new_record(env):
+def _map_on_bilaf(env):
+    """The Map page showing the saved BiLAF selection: (AppTest, selection id, Selection)."""
     bilaf_id = _bilaf_selection(env)
     base = env["ws"].load_selection(bilaf_id)
     at = _page("map")
     _select_feature_set(at, "map_fs", env["fs_id"])
     at.selectbox(key="map_main").set_value(bilaf_id).run()
+    return at, bilaf_id, base
+
+
+def test_map_live_budget_reuses_the_cores_and_saves_a_new_record(env):
+    at, bilaf_id, base = _map_on_bilaf(env)
     at.number_input(key=f"map_budget_{bilaf_id}").set_value(40).run()
     _ok(at)
     assert any("Preview at B=40" in c.value for c in at.caption)
@@ -306,11 +312,7 @@ def test_map_live_budget_reuses_the_cores_and_saves_a_new_record(env):
 
 
 def test_map_point_selection_gallery_and_hand_edits(env):
-    bilaf_id = _bilaf_selection(env)
-    base = env["ws"].load_selection(bilaf_id)
-    at = _page("map")
-    _select_feature_set(at, "map_fs", env["fs_id"])
-    at.selectbox(key="map_main").set_value(bilaf_id).run()
+    at, bilaf_id, base = _map_on_bilaf(env)
     # what st.plotly_chart's selection event delivers (customdata = pool index)
     outside = [i for i in range(env["n"]) if i not in set(base.to_list())][:2]
     inside = int(base.indices[-1])
