@@ -10,7 +10,7 @@ Registered names (:func:`available_backbones`):
   this raised the top-1 probability of the right class from 0.79 to 0.93 and from 0.19 to 0.31,
   and on Fashion-MNIST 10-NN it was better at every layer tried.  Default feature: the pooled
   output of ``blocks.4`` (the 112-channel stage) at 64 px — measured better than raw pixels and
-  than the final pooled embedding at that size, and cheaper (see README, "Extracting features").
+  than the final pooled embedding at that size, and cheaper (see docs/extraction.md, "Why `blocks.4` at 64 px").
 * ``dino-vits16`` — the paper's backbone, timm ``vit_small_patch16_224.dino``: downloaded by timm
   only when the user allows the network (``--download``), or loaded from ``--weights PATH`` (e.g.
   the paper's ``dino_deitsmall16_pretrain.pth``).  Feature: the [CLS] token after the final norm.

@@ -61,7 +61,7 @@ DEFAULT_BATCH_SIZE = {"cpu": 64, "cuda": 256}
 #: channels-last helps oneDNN's depthwise convolutions on CPU too (bench/extract_speed.py)
 CPU_CHANNELS_LAST = True
 #: DataLoader decode workers for image files on CPU.  Measured on 2 cores (bench/extract_speed.py,
-#: README, "Extracting features"): the model scales poorly from 1 to 2 threads at 64 px, so one worker
+#: docs/extraction.md, "Speed"): the model scales poorly from 1 to 2 threads at 64 px, so one worker
 #: decoding photos beside it overlaps the work (500x375 JPEGs: 599 -> 834 img/s); two compete
 #: with the model's threads (768 img/s).  In-memory datasets never use workers.
 CPU_FILE_WORKERS = 1

@@ -56,7 +56,7 @@ MODES = ("linear-probe", "knn", "finetune")
 
 #: linear probe: L2 penalty on the weights, per mean-loss unit.  Chosen once on Fashion-MNIST
 #: EfficientNet-Lite0 features with picks and validation both drawn from the *train* pool (never
-#: the test split); see README, "Evaluating a selection".
+#: the test split); see docs/evaluation.md, "`linear-probe` (default)".
 LINEAR_PROBE_WEIGHT_DECAY = 1e-2
 #: L-BFGS iterations at most (it usually converges well before; tolerance below)
 LINEAR_PROBE_MAX_ITER = 500
@@ -567,7 +567,7 @@ PRESETS: dict[str, FinetunePreset] = {
     # the same optimiser and loss, a short schedule, milder crops; the test transform is the one
     # features are extracted with (shorter side to 64, centre crop).  lr and crop scale were
     # chosen on Fashion-MNIST with 500 picks and 2,500 unpicked *train* images as validation
-    # (README, "Evaluating a selection").  Crops of 35-100 % of the area: lr 0.01 57.0 %, 0.05 74.2 %;
+    # (docs/evaluation.md, "`finetune`").  Crops of 35-100 % of the area: lr 0.01 57.0 %, 0.05 74.2 %;
     # crops of 80-100 %: lr 0.05 78.2 %, 0.1 80.5 % (80.2 % at batch 32), 0.2 77.3 %.
     "cpu-quick": FinetunePreset(
         name="cpu-quick", summary="EfficientNet-Lite0 at 64 px, 8 epochs: minutes on 2 CPU cores",

@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--record", action="store_true",
                         help="also store the selection in the workspace (needs --features to be a feature-set folder); "
                              "it then shows in `runs` and in the app")
-    group = parser.add_argument_group("method options (each method takes its own; see `--method NAME` docs in the README)")
+    group = parser.add_argument_group("method options (each method takes its own; see docs/methods.md)")
     for param in _method_options().values():
         metavar = {"indices": "FILE.json", "array": "FILE.npy"}.get(param.kind, param.kind.upper())
         default = "" if param.default is None else f" (default {param.default})"
