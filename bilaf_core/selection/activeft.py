@@ -1,35 +1,59 @@
 """ActiveFT core selection (Xie et al., "Active Finetuning", CVPR 2023, Algorithm 1).
 
-A parametric model with B unit-norm centroids θ is optimised so that it matches the pool's
-feature distribution while staying diverse, then each centroid is replaced by its most similar
-real sample.  With features f_i (L2-normalised) and temperature τ the paper's loss is
+A parametric model with B centroids θ (used normalised, c_j = θ_j/‖θ_j‖) is optimised so that it
+matches the pool's feature distribution while staying diverse, then each centroid is replaced by
+its most similar real sample.  Features f_i are L2-normalised; τ is the temperature, λ the
+balance, c(i) = argmax_j f_iᵀc_j the centroid that owns sample i and s_i = f_iᵀc_{c(i)}/τ.
 
-    L(θ) = − 1/N Σ_i max_j f_iᵀθ_j / τ  +  λ · 1/B Σ_j log Σ_{k≠j} exp(θ_jᵀθ_k / τ)
+Two objectives (``objective``):
 
-(distribution matching − λ · diversity; Eq. 11, λ = `balance`).  We follow Algorithm 1:
-random initialisation from B distinct samples, Adam, renormalise θ after every step (line 10),
-then match centroid j (in order) to the most similar sample not taken yet (line 11, made
-injective so there are exactly B distinct picks).
+``published`` (the default)
+    What the public ActiveFT code optimises, and therefore what produced every published ActiveFT
+    and BiLAF number (BiLAF ships that code unchanged for its core stage).  Per sample
+
+        J_i = −log( e^{s_i} / (e^{s_i} + λ·M_{c(i)}) ),   M_j = Σ_k exp(c̄_kᵀc_j/τ)  (k = j included,
+                                                                                 c̄ detached)
+
+    averaged over the samples.  θ is a raw parameter, normalised in the forward pass and never
+    renormalised in place.  Because the k = j term e^{1/τ} dominates M_j, and its gradient is
+    radial (cancelled by the normalisation), the repulsion only acts between near-duplicate
+    centroids: in effect a soft spherical k-means by gradient descent from a random start, which
+    keeps the centroids inside the data.
+
+``paper-equation``
+    The paper's Eq. 11 taken literally,
+
+        L(θ) = − 1/N Σ_i max_j f_iᵀc_j / τ  +  λ · 1/B Σ_j log Σ_{k≠j} exp(c_jᵀc_k / τ),
+
+    with θ renormalised after every step (Algorithm 1, line 10).  Its diversity term weights
+    every centroid equally and is smallest for near-orthogonal centroids, so it pushes centroids
+    out of the cone that real backbone features occupy; the hard-max data term pulls a centroid
+    only by the samples it owns, so a centroid that escaped owns none, stops moving, and is
+    finally matched back to (often exactly) its random starting sample.  Kept for those who want
+    the text of the paper; docs/methods.md shows the measurement.
+
+Both then match centroid j (in order) to the most similar sample not taken yet (Algorithm 1,
+line 11, made injective so that there are exactly B distinct picks — as the public code does).
 
 Implementation notes (why it looks the way it does):
 
-* The regulariser is a log-sum-exp over k ≠ j computed with ``torch.logsumexp`` on a masked
-  matrix — never ``log(exp(·))``, which overflows in float16/bfloat16 and loses precision at
-  τ = 0.07 (exp(1/τ) ≈ 1.6e6).
-* The data term's gradient is analytic: ∂/∂c_j of −mean_i max_k f_iᵀc_k/τ is
-  −(1/(Sτ)) Σ_{i: argmax_i = j} f_i, a scatter-add.  So one iteration costs one S×D·D×B matrix
-  product plus a scatter — the unavoidable part — instead of the three products autograd needs.
-  Gradients then flow through the normalisation c = θ/‖θ‖ with autograd.
-* Pools larger than `batch_size` draw a fresh random subset each iteration (as the paper's
+* Both gradients are analytic: one S×D·D×B matrix product plus a (weighted) scatter-add per
+  iteration — the unavoidable part — instead of the three products autograd needs.  The tests
+  check each against autograd of its loss.  Gradients then flow through the normalisation
+  c = θ/‖θ‖ with autograd.
+* Every log of a sum of exponentials is a ``logsumexp`` / ``logaddexp`` — never ``log(exp(·))``,
+  which overflows in float16/bfloat16 (exp(1/τ) ≈ 1.6e6 at τ = 0.07) and loses precision.
+* Pools larger than `batch_size` draw a fresh random subset each iteration (as the public
   ImageNet code does), and every S×B block is processed in row chunks to bound memory.
-* GPU when torch sees one (`device="auto"`), else CPU.
+* GPU when torch sees one (`device="auto"`), else CPU.  The random start and the subsets come
+  from the run's seed.
 
-``compat="reference"`` reproduces the public reference code instead of the paper: its loss is
-−log(e^{s_i} / (e^{s_i} + λ Σ_k e^{c̄_kᵀc_{j(i)}/τ})) per sample (the diversity term is weighted by
-the samples assigned to each centroid, includes k = j, and one side is detached), θ is not
-renormalised between steps, the initial samples come from Python's ``random.sample`` and the
-picks are returned sorted by index.  It is meant for regenerating published core sets; floating
-point on another device can still change near-tied picks.
+``compat="reference"`` changes only what bit-for-bit regeneration of a published core set needs:
+the start samples come from Python's ``random.sample`` (seeded with the run's seed; the public
+code leaves it unseeded, so its published CIFAR core sets came from an unknown start) and the
+picks are returned sorted by index.  It does not change the objective.  Pools larger than
+`batch_size` cannot be regenerated bit for bit: the public code continues Python's ``random``
+stream for its per-iteration subsets, which we do not imitate.
 """
 
 from __future__ import annotations
@@ -50,7 +74,8 @@ ACTIVEFT_PARAMS = (
     Param("balance", "float", 1.0, "weight λ of the diversity regulariser (paper: 1.0)", minimum=0.0),
     Param("batch_size", "int", 100_000, "samples per iteration; larger pools draw a fresh random subset each step (paper's ImageNet code: 100 000)", minimum=1),
     Param("device", "str", "auto", "where to optimise: auto (GPU when present), cpu or cuda", choices=("auto", "cpu", "cuda")),
-    Param("compat", "str", "none", "'reference' reproduces the public reference code's loss, init and pick order instead of the paper's", choices=("none", "reference")),
+    Param("objective", "str", "published", "'published': the loss of the public ActiveFT code, which produced every published ActiveFT/BiLAF number; 'paper-equation': the paper's Eq. 11 taken literally (drifts out of the data on real features, see the docs)", choices=("published", "paper-equation")),
+    Param("compat", "str", "none", "'reference' starts from Python's random.sample and returns the picks sorted, as the public code does (for regenerating published core sets); the objective is its own option", choices=("none", "reference")),
     Param("record_history", "bool", False, "keep centroid snapshots for teaching animations (small pools only)"),
 )
 
@@ -77,10 +102,13 @@ def activeft_optimize(
     balance: float = 1.0,
     batch_size: int = 100_000,
     device: str = "auto",
+    objective: str = "published",
     compat: str = "none",
     record_history: bool = False,
 ):
     """Run ActiveFT; return (indices in pick order, diagnostics).  See the module docstring."""
+    if objective not in _LOSSES:
+        raise BilafError(f"unknown ActiveFT objective {objective!r}; use one of: {', '.join(_LOSSES)}")
     import torch  # lazy: keeps `select --method bilaf --core-indices …` free of torch start-up
 
     n, dim = features.shape
@@ -94,12 +122,14 @@ def activeft_optimize(
         # spinning threads made one iteration 25x slower (measured).  One thread for these.
         torch.set_num_threads(1)
     try:
-        return _activeft(torch, features, budget, ctx, dev, temperature, iterations, lr, balance, batch_size, reference, record_history)
+        return _activeft(torch, features, budget, ctx, dev, temperature, iterations, lr, balance, batch_size, objective,
+                         reference, record_history)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _activeft(torch, features, budget, ctx, dev, temperature, iterations, lr, balance, batch_size, reference, record_history):
+def _activeft(torch, features, budget, ctx, dev, temperature, iterations, lr, balance, batch_size, objective, reference,
+              record_history):
     n, dim = features.shape
     gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
 
@@ -130,13 +160,13 @@ def _activeft(torch, features, budget, ctx, dev, temperature, iterations, lr, ba
             optimizer.zero_grad(set_to_none=True)
             centroids = torch.nn.functional.normalize(theta, dim=1)
             rows = torch.randperm(n, generator=gen)[:batch].to(dev) if batch < n else None
-            loss_grad = _reference_loss_grad if reference else _paper_loss_grad
-            loss_value, grad = loss_grad(torch, feats, rows, centroids.detach(), temperature, balance, chunk_rows, off_diagonal)
+            loss_value, grad = _LOSSES[objective](torch, feats, rows, centroids.detach(), temperature, balance, chunk_rows,
+                                                  off_diagonal)
             # Chain the gradient w.r.t. the normalised centroids through c = θ/‖θ‖.
             centroids.backward(grad)
             optimizer.step()
-            if not reference:
-                with torch.no_grad():  # Algorithm 1, line 10: keep ‖θ_j‖ = 1
+            if objective == "paper-equation":
+                with torch.no_grad():  # Algorithm 1, line 10: keep ‖θ_j‖ = 1 (the public code does not)
                     theta.copy_(torch.nn.functional.normalize(theta, dim=1))
             loss_history[it] = loss_value
             if history is not None and ((it + 1) % snapshot_every == 0 or it + 1 == iterations):
@@ -186,24 +216,39 @@ def _paper_loss_grad(torch, feats, rows, centroids, temperature, balance, chunk_
     return -data_sum / (total * temperature) + balance * reg_value, grad
 
 
-def _reference_loss_grad(torch, feats, rows, centroids, temperature, balance, chunk_rows, off_diagonal):
-    """The reference code's per-sample loss and its gradient w.r.t. the normalised centroids."""
+def _published_loss_grad(torch, feats, rows, centroids, temperature, balance, chunk_rows, off_diagonal):
+    """The public code's loss and its analytic gradient w.r.t. the normalised centroids.
+
+    With o_i = log λ + log M_{c(i)} and w_i = σ(o_i − s_i) = λM/(e^{s_i} + λM):
+    ∂L/∂c_j = −(1/(Sτ)) Σ_{i: c(i)=j} w_i f_i  +  (1/S) (Σ_{i: c(i)=j} w_i) · Σ_k p_kj c̄_k / τ,
+    p_kj = softmax over k of c̄_kᵀc_j/τ (the gradient of log M_j; c̄ is detached, so only c_j moves).
+    """
+    budget = centroids.shape[0]
     total = feats.shape[0] if rows is None else rows.shape[0]
-    c_leaf = centroids.clone().requires_grad_(True)
-    # log Σ_k exp(c̄_kᵀ c_j / τ): one side detached and k = j included, as in the reference.
-    log_mass = torch.logsumexp((c_leaf.detach() @ c_leaf.T) / temperature, dim=0)
+    pair = (centroids @ centroids.T) / temperature  # [k, j] = c̄_kᵀc_j/τ (symmetric)
+    log_mass = torch.logsumexp(pair, dim=0)  # log M_j
     log_balance = math.log(balance) if balance > 0 else float("-inf")
-    loss_value = 0.0
+    weighted = torch.zeros_like(centroids)
+    owned_weight = torch.zeros(budget, dtype=centroids.dtype, device=centroids.device)
+    loss_sum = 0.0
     for start in range(0, total, chunk_rows):
         block = slice(start, min(start + chunk_rows, total))
         x = feats[block] if rows is None else feats[rows[block]]
-        best, owner = ((x @ c_leaf.T) / temperature).max(dim=1)
-        # J_i = s_i − log(e^{s_i} + λ e^{log_mass_j}), written as a log-add-exp.
-        j = best - torch.logaddexp(best, log_mass[owner] + log_balance)
-        chunk_loss = -j.sum() / total
-        chunk_loss.backward(retain_graph=True)
-        loss_value += float(chunk_loss.detach())
-    return loss_value, c_leaf.grad
+        best, owner = (x @ centroids.T).max(dim=1)
+        score = best / temperature
+        other = log_mass[owner] + log_balance
+        # J_i = s_i − log(e^{s_i} + λ M_{c(i)}), as a log-add-exp (stable at any τ and precision)
+        loss_sum -= float((score - torch.logaddexp(score, other)).sum())
+        weight = torch.sigmoid(other - score)
+        weighted.index_add_(0, owner, x * weight[:, None])
+        owned_weight.index_add_(0, owner, weight)
+    pull = torch.softmax(pair, dim=0).T @ centroids  # row j: Σ_k p_kj c̄_k
+    grad = (owned_weight[:, None] * pull - weighted) / (total * temperature)
+    return loss_sum / total, grad
+
+
+#: objective name -> loss-and-gradient function
+_LOSSES = {"published": _published_loss_grad, "paper-equation": _paper_loss_grad}
 
 
 def _match_centroids(torch, feats, centroids, chunk_rows, top: int = 16):
