@@ -1,8 +1,11 @@
 """Selection quality: every method × budgets × seeds on the offline default, linear-probe accuracy.
 
-    python bench/quality.py            # the full run: 60 000-image pool, B = 10…500, 3 seeds, both pools
-    python bench/quality.py --quick    # a few minutes: first 10 000 train images, B = 10…100, 2 seeds
-    python bench/quality.py --tables   # only reprint the tables and redraw the plot from the CSV
+    python bench/quality.py                     # low-budget regime: 60 000-image pool, B = 10…500, 3 seeds, both pools
+    python bench/quality.py --regime papers     # the papers' regime: B = 0.5 %, 1 %, 2 % of the pool, 3 seeds, both pools
+    python bench/quality.py --validation --methods bilaf-k0.1,bilaf-k0.5,bilaf-khalf --budgets 50,100,200,0.5%,1%,2% --pool full
+                                                # choose a default on the validation split of the training pool
+    python bench/quality.py --quick             # a few minutes: first 10 000 train images, B = 10…100, 2 seeds
+    python bench/quality.py --tables [--regime papers]   # only reprint the tables and redraw the plot from the CSV
 
 The pool is Fashion-MNIST's training split, the evaluation its test split, both as
 EfficientNet-Lite0 features (extracted once and cached in the workspace).  Two pools: the full
@@ -10,10 +13,16 @@ training split, and the same split with a 100× class imbalance (see ``bilaf_cor
 where ``fisher`` matches the unlabeled test features.  Every selection is scored by the linear
 probe of ``bilaf_core.finetune`` on the whole test split.
 
-Output (``--out``, default ``bench/out/``): ``quality.csv`` (one row per selection, written as
-each finishes) and ``quality.png``.  The run is resumable: rows already in the CSV (same
-features) are skipped, so an interrupted run continues where it stopped.  Prints markdown tables:
-accuracy per pool (mean ± std over seeds, in %) and selection time per method.
+``--validation`` never touches the test split: a stratified sixth of the training split (10 000
+images) is held out, the methods select from the other 50 000, and the held-out labels score them.
+Defaults are chosen there (and only there).
+
+Output (``--out``, default ``bench/out/``): ``<name>.csv`` (one row per selection, written as each
+finishes) and ``<name>.png``, name = ``quality`` / ``quality-papers`` (+ ``-validation``).  The run
+is resumable: rows already in the CSV (same features) are skipped, so an interrupted run continues
+where it stopped.  Prints markdown tables: accuracy per pool (mean ± std over seeds, in %),
+selection time per method, and BiLAF's paired verdict against ActiveFT, random, k-means and
+TypiClust (per-seed differences with 95 % intervals).
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ from bilaf_core.errors import BilafError  # noqa: E402
 from _machine import cpu_model  # noqa: E402 — bench/_machine.py (this script's folder is on sys.path)
 
 FULL = {"budgets": "10,20,50,100,200,500", "seeds": "3", "limit": None, "name": "quality"}
+PAPERS = {"budgets": "0.5%,1%,2%", "seeds": "3", "limit": None, "name": "quality-papers"}
+#: what BiLAF's paired verdict compares it with
+VERDICT_AGAINST = ("activeft", "random", "kmeans", "typiclust", "bilaf (compat reference)")
 #: Fashion-MNIST's classes
 N_CLASSES = 10
 QUICK = {"budgets": "10,20,50,100", "seeds": "2", "limit": 10_000, "name": "quality-quick"}
@@ -54,6 +66,18 @@ def extract(split: str, limit, log) -> Path:
 
     limit = limit if split == "train" else None
     return extract_features("fashion-mnist", "efficientnet-lite0", split=split, limit=limit, progress=progress)
+
+
+def validation_sets(train_dir, folder: Path):
+    """The validation split of the training pool as two feature sets: (pool, held-out)."""
+    from bilaf_core.features import load_feature_set
+
+    fs = load_feature_set(train_dir)
+    pool_idx, held_idx = bm.validation_split(fs.labels)
+    rule = {"rule": "validation split", "fraction": bm.VALIDATION_FRACTION, "seed": 0}
+    pool_dir = bm.write_subset(fs, pool_idx, folder / "pool", key_suffix="valpool", rule={**rule, "part": "pool"})
+    held_dir = bm.write_subset(fs, held_idx, folder / "held-out", key_suffix="valheld", rule={**rule, "part": "held-out"})
+    return pool_dir, held_dir
 
 
 def all_labels_accuracy(train_dir, test_dir, pools, imbalance_ratio) -> dict:
@@ -98,6 +122,9 @@ def print_tables(rows, pools, out=sys.stdout) -> None:
             print(f"\n#### {title} — test accuracy on the under-represented classes, % (mean over seeds)\n", file=out)
             print(bm.mean_table([dataclasses.replace(r, minority_accuracy=100 * r.minority_accuracy) for r in rows],
                                 pool, "minority_accuracy"), file=out)
+        if any(r.label == "bilaf" for r in rows if r.pool == pool):
+            print(f"\n#### {title} — BiLAF's paired verdict: bilaf minus each method, points, mean over seeds [95 % interval]\n", file=out)
+            print(bm.paired_table(rows, pool, "bilaf", [a for a in VERDICT_AGAINST if any(r.label == a for r in rows)]), file=out)
     errors = [r for r in rows if r.status != "ok"]
     if errors:
         print(f"\n{len(errors)} selections failed:", file=out)
@@ -108,6 +135,10 @@ def print_tables(rows, pools, out=sys.stdout) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="first 10 000 training images, B = 10,20,50,100, 2 seeds")
+    parser.add_argument("--regime", choices=("low", "papers"), default="low",
+                        help="low: B = 10…500 (default); papers: B = 0.5 %%, 1 %%, 2 %% of the pool, as in the ActiveFT/BiLAF tables")
+    parser.add_argument("--validation", action="store_true",
+                        help="select from 5/6 of the training split and score on the held-out sixth (choose defaults here, never on the test split)")
     parser.add_argument("--budgets", help=f"comma-separated (default {FULL['budgets']}; --quick {QUICK['budgets']})")
     parser.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a list (default 3; --quick 2)")
     parser.add_argument("--methods", default="all", help="'all' (every method + bilaf-reference) or a comma-separated list")
@@ -117,7 +148,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tables", action="store_true", help="do not run: print the tables and draw the plot from the CSV")
     parser.add_argument("--ceiling", action="store_true", help="with --tables: also compute the all-labels ceiling (the full run always does)")
     args = parser.parse_args(argv)
-    preset = QUICK if args.quick else FULL
+    preset = dict(QUICK if args.quick else (PAPERS if args.regime == "papers" else FULL))
+    if args.validation:
+        preset["name"] += "-validation"
     budgets = bm.parse_budgets(args.budgets or preset["budgets"])
     seeds = bm.parse_seeds(args.seeds or preset["seeds"])
     pools = bm.parse_pools(args.pool)
@@ -134,6 +167,8 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         train_dir = extract("train", preset["limit"], log)
         test_dir = extract("test", None, log)
+        if args.validation:
+            train_dir, test_dir = validation_sets(train_dir, out_dir / "validation")
         log(f"features: {train_dir}\n          {test_dir}  ({time.perf_counter() - started:.0f} s)")
         from bilaf_core.features import load_feature_set
 
@@ -162,7 +197,7 @@ def main(argv=None) -> int:
     if not rows:
         raise BilafError(f"{csv_path} holds no results yet; run without --tables first")
     print_tables(rows, pools)
-    if not args.tables or args.ceiling:
+    if (not args.tables or args.ceiling) and not args.validation:
         train_dir = extract("train", preset["limit"], log)
         test_dir = extract("test", None, log)
         for pool, (accuracy, n) in all_labels_accuracy(train_dir, test_dir, pools, args.imbalance_ratio).items():

@@ -73,63 +73,110 @@ MULTIBATCH = "kmeans-multibatch"
 
 
 @dataclasses.dataclass(frozen=True)
+class CoreRule:
+    """BiLAF's core count K as a rule of the budget and the pool (for the K ablation):
+    ``fraction`` of the pool, or half the budget; capped to [2, B]."""
+
+    fraction: float = 0.0
+    half_budget: bool = False
+
+    def resolve(self, budget: int, n_pool: int) -> int:
+        k = budget // 2 if self.half_budget else round(self.fraction * n_pool)
+        return int(min(budget, max(2, k)))
+
+
+@dataclasses.dataclass(frozen=True)
 class Variant:
     """One row of the tables: a registered method and the options that make it this variant."""
 
     key: str  # what the user names: "bilaf", "bilaf-reference", "kmeans", …
     method: str  # registered selection method
     variant: str  # "" for the defaults, e.g. "compat reference"
-    options: tuple = ()  # ((name, value), …) passed to run_selection
+    options: tuple = ()  # ((name, value), …) passed to run_selection; a CoreRule value is resolved per budget
+    in_all: bool = True  # part of "all"; the others run when named
 
     @property
     def label(self) -> str:
         return f"{self.method} ({self.variant})" if self.variant else self.method
 
 
-def resolve_methods(spec: str | Sequence[str]) -> list[Variant]:
-    """``"all"`` or a comma-separated list of method names (plus ``bilaf-reference``), in display
-    order.  BilafError names the unknown ones and lists the known."""
+#: Variants beside the registered methods' defaults, listed after their method.  ``in_all``: part
+#: of ``"all"``; the others (the paper-equation objective, the K ablation) run when named.
+EXTRA_VARIANTS = (
+    Variant(REFERENCE_KEY, "bilaf", "compat reference", (("compat", "reference"),)),
+    Variant("bilaf-paper-equation", "bilaf", "paper equation", (("objective", "paper-equation"),), in_all=False),
+    Variant("bilaf-k0.1", "bilaf", "K=0.1%", (("core_budget", CoreRule(fraction=0.001)),), in_all=False),
+    Variant("bilaf-k0.5", "bilaf", "K=0.5%", (("core_budget", CoreRule(fraction=0.005)),), in_all=False),
+    Variant("bilaf-khalf", "bilaf", "K=B/2", (("core_budget", CoreRule(half_budget=True)),), in_all=False),
+    Variant("activeft-paper-equation", "activeft", "paper equation", (("objective", "paper-equation"),), in_all=False),
+)
+
+
+def known_variants() -> list[Variant]:
+    """Every variant, in display order: each registered method's defaults, then its extras."""
     from .selection import available_methods
 
-    registered = available_methods()
     variants: list[Variant] = []
-    for name in registered:
+    for name in available_methods():
         variants.append(Variant(name, name, ""))
-        if name == "bilaf":
-            variants.append(Variant(REFERENCE_KEY, "bilaf", "compat reference", (("compat", "reference"),)))
+        variants.extend(v for v in EXTRA_VARIANTS if v.method == name)
+    return variants
+
+
+def resolve_methods(spec: str | Sequence[str]) -> list[Variant]:
+    """``"all"`` or a comma-separated list of variant keys (method names, ``bilaf-reference``,
+    ``bilaf-paper-equation``, ``bilaf-k0.1`` …) or labels, in display order.  ``all`` may be
+    combined with named extras (``all,bilaf-k0.1``).  BilafError names the unknown ones and
+    lists the known."""
+    variants = known_variants()
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
     names = [n for n in names if n]
     if not names:
         raise BilafError("--methods is empty; give 'all' or a comma-separated list such as bilaf,activeft,random")
-    if "all" in names:
-        return variants
     by_key = {v.key: v for v in variants}
     by_key.update({v.label: v for v in variants})
-    unknown = [n for n in names if n not in by_key]
+    unknown = [n for n in names if n != "all" and n not in by_key]
     if unknown:
         raise BilafError(f"unknown method(s) {', '.join(unknown)}; use 'all' or any of: {', '.join(v.key for v in variants)}")
-    wanted = {by_key[n].key for n in names}
-    return [v for v in variants if v.key in wanted]
+    wanted = {by_key[n].key for n in names if n != "all"}
+    return [v for v in variants if v.key in wanted or ("all" in names and v.in_all)]
 
 
-def parse_budgets(text: str | Iterable[int]) -> list[int]:
-    """``"10,20,50"`` -> [10, 20, 50] (sorted, distinct, each >= 1)."""
+def parse_budgets(text: str | Iterable[int | str]) -> list[int | str]:
+    """``"10,20,50"`` -> [10, 20, 50] (distinct, each >= 1); a percentage of the pool stays a
+    string (``"0.5%,1%"`` -> ["0.5%", "1%"]) and is resolved per pool by :func:`budget_count`.
+    Counts come first, ascending, then percentages, ascending."""
     items = text.split(",") if isinstance(text, str) else list(text)
-    budgets = []
+    counts, percents = set(), {}
     for item in items:
         item = str(item).strip()
         if not item:
             continue
         try:
+            if item.endswith("%"):
+                value = float(item[:-1])
+                if not (0 < value <= 100):
+                    raise ValueError
+                percents[value] = f"{value:g}%"
+                continue
             value = float(item)
             if not value.is_integer() or value < 1:
                 raise ValueError
         except ValueError:
-            raise BilafError(f"--budgets takes positive whole numbers separated by commas, such as 10,20,50; got {item!r}") from None
-        budgets.append(int(value))
-    if not budgets:
-        raise BilafError("--budgets is empty; give counts such as 10,20,50,100")
-    return sorted(set(budgets))
+            raise BilafError(f"--budgets takes positive whole numbers or percentages of the pool separated by commas, "
+                             f"such as 10,20,50 or 0.5%,1%,2%; got {item!r}") from None
+        counts.add(int(value))
+    if not counts and not percents:
+        raise BilafError("--budgets is empty; give counts such as 10,20,50,100 or percentages such as 0.5%,1%")
+    return sorted(counts) + [percents[k] for k in sorted(percents)]
+
+
+def budget_count(budget: int | str, n_pool: int) -> int:
+    """A budget of :func:`parse_budgets` as a number of picks on a pool of `n_pool` samples
+    (percentages round to the nearest count, at least 1)."""
+    if isinstance(budget, str):
+        return max(1, int(round(float(budget[:-1]) / 100.0 * n_pool)))
+    return int(budget)
 
 
 def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
@@ -270,40 +317,71 @@ class _PoolData:
     extra: dict  # per-method extra options on this pool
 
 
-def write_biased_pool(fs, indices: np.ndarray, out_dir, *, ratio: int, seed: int) -> Path:
-    """Write the biased pool as a feature set of its own (rows ``indices`` of `fs`), so that the
-    evaluation sees exactly this pool — including the unlabeled-pool statistics the linear probe
-    standardises with.  ``meta["subset_of"]`` names the full set and the rule."""
+def write_subset(fs, indices: np.ndarray, out_dir, *, key_suffix: str, rule: dict) -> Path:
+    """Write rows ``indices`` of feature set `fs` as a feature set of its own (so that an
+    evaluation sees exactly this pool, including the unlabeled-pool statistics the linear probe
+    standardises with).  ``meta["subset_of"]`` names the full set and `rule`."""
     from .atomic import atomic_save_npy, atomic_write_json
     from .features import FEATURES_FILE, META_FILE
 
     out = Path(out_dir)
+    indices = np.asarray(indices, dtype=np.int64)
     meta = dict(fs.meta)
-    labels = fs.labels[indices]
     meta.update({
-        "key": f"{fs.meta.get('key', 'features')}-biased-r{ratio}-s{seed}",
+        "key": f"{fs.meta.get('key', 'features')}-{key_suffix}",
         "n": int(indices.size),
         "ids": [fs.ids[i] for i in indices.tolist()],
-        "labels": labels.tolist(),
-        "subset_of": {"path": str(fs.path), "key": fs.meta.get("key"), "rule": "biased pool",
-                      "imbalance_ratio": int(ratio), "seed": int(seed),
-                      "minority_classes": minority_classes(fs.labels).tolist()},
+        "labels": fs.labels[indices].tolist(),
+        "subset_of": {"path": str(fs.path), "key": fs.meta.get("key"), **rule},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     with contextlib.suppress(FileNotFoundError):
-        (out / META_FILE).unlink()
+        (out / META_FILE).unlink()  # a reader never sees new features under old meta
     atomic_save_npy(out / FEATURES_FILE, fs.features[indices])
     atomic_write_json(out / META_FILE, meta)
     return out
 
 
-def _options(variant: Variant, pool: _PoolData) -> dict:
-    options = dict(variant.options)
+def write_biased_pool(fs, indices: np.ndarray, out_dir, *, ratio: int, seed: int) -> Path:
+    """The biased pool (rows ``indices`` of `fs`) as a feature set of its own."""
+    return write_subset(fs, indices, out_dir, key_suffix=f"biased-r{ratio}-s{seed}",
+                        rule={"rule": "biased pool", "imbalance_ratio": int(ratio), "seed": int(seed),
+                              "minority_classes": minority_classes(fs.labels).tolist()})
+
+
+#: share of the training pool held out as the validation split (defaults are chosen there)
+VALIDATION_FRACTION = 1 / 6
+
+
+def validation_split(labels: np.ndarray, *, fraction: float = VALIDATION_FRACTION, seed: int = 0):
+    """(pool indices, held-out indices) of the training pool, both sorted: a stratified random
+    `fraction` of every class is held out.  Methods select from the rest; the held-out labels
+    score them.  This is where defaults and training lengths are chosen — never on the test split."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0:
+        raise BilafError("the validation split needs one label per pool sample; this feature set has none")
+    if not 0 < fraction < 1:
+        raise BilafError(f"the validation fraction must be between 0 and 1; got {fraction}")
+    rng = np.random.default_rng([int(seed), 0x7A1])
+    held = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        take = int(round(fraction * members.size))
+        held.append(rng.choice(members, size=take, replace=False))
+    held = np.sort(np.concatenate(held)).astype(np.int64)
+    pool = np.setdiff1d(np.arange(labels.size), held).astype(np.int64)
+    return pool, held
+
+
+def _options(variant: Variant, pool: _PoolData, budget: int) -> dict:
+    n_pool = pool.features.shape[0]
+    options = {k: (v.resolve(budget, n_pool) if isinstance(v, CoreRule) else v) for k, v in variant.options}
     options.update(pool.extra.get(variant.method, {}))
     return options
 
 
-def plan_size(variants: Sequence[Variant], budgets: Sequence[int], seeds: Sequence[int], pools: Sequence[str]) -> int:
+def plan_size(variants: Sequence[Variant], budgets: Sequence[int | str], seeds: Sequence[int], pools: Sequence[str]) -> int:
+    """Rows of a run (a percentage budget counts once per pool, whatever it resolves to)."""
     return len(variants) * len(budgets) * len(seeds) * len(pools)
 
 
@@ -311,7 +389,7 @@ def run_benchmark(
     feature_dir,
     *,
     methods: str | Sequence[str] = "all",
-    budgets: str | Sequence[int] = DEFAULT_BUDGETS,
+    budgets: str | Sequence[int | str] = DEFAULT_BUDGETS,
     seeds: str | int | Sequence[int] = 3,
     pools: str | Sequence[str] = ("full",),
     test_feature_dir=None,
@@ -375,8 +453,11 @@ def run_benchmark(
             biased_pool(labels, ratio=imbalance_ratio, seed=seed)  # fail now, not after hours
     done = {tuple(k) for k in done}
     eval_options = dict(eval_options or {})
-    total = plan_size(variants, budgets, seeds, pools)
-    todo = total - sum(1 for v in variants for b in budgets for s in seeds for p in pools if (p, v.label, b, s) in done)
+    pool_sizes = {(p, seed): (labels.size if p == "full" else biased_pool(labels, ratio=imbalance_ratio, seed=seed).size)
+                  for p in pools for seed in seeds}
+    counts = {key: sorted({budget_count(b, n) for b in budgets}) for key, n in pool_sizes.items()}
+    total = sum(len(variants) * len(c) for c in counts.values())
+    todo = total - sum(1 for (p, s), c in counts.items() for v in variants for b in c if (p, v.label, b, s) in done)
     count = 0
     report = progress or (lambda fraction, message: None)
     minority = minority_classes(labels) if "biased" in pools else None
@@ -386,7 +467,8 @@ def run_benchmark(
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bilaf-bench-"))
         for seed in seeds:
             for pool_name in pools:
-                pending = {(v.key, b) for v in variants for b in budgets if (pool_name, v.label, b, seed) not in done}
+                pool_budgets = counts[(pool_name, seed)]
+                pending = {(v.key, b) for v in variants for b in pool_budgets if (pool_name, v.label, b, seed) not in done}
                 if not pending:
                     continue
                 if pool_name == "full":
@@ -399,7 +481,7 @@ def run_benchmark(
                                      labels[idx], {"fisher": {"target_features": test_features}})
                 n_pool = pool.features.shape[0]
                 multibatch_sets: dict = {}  # budget -> Selection of the labelled set after that round
-                for budget in budgets:
+                for budget in pool_budgets:
                     for variant in variants:
                         key = (pool_name, variant.label, budget, seed)
                         needed_later = variant.method == MULTIBATCH and any(
@@ -418,7 +500,7 @@ def run_benchmark(
                             row.status, row.error = "error", f"budget {budget} is larger than the {pool_name} pool ({n_pool} samples)"
                         else:
                             try:
-                                selection, row.selection_s = _select(variant, pool, budget, seed, budgets, multibatch_sets, run_selection)
+                                selection, row.selection_s = _select(variant, pool, budget, seed, pool_budgets, multibatch_sets, run_selection)
                             except BilafError as exc:
                                 row.status, row.error = "error", str(exc)
                         if key in done:
@@ -438,7 +520,7 @@ def _select(variant: Variant, pool: _PoolData, budget: int, seed: int, budgets: 
     """The selection of one variant at one budget (indices into `pool`) and its seconds."""
     from .selection import Selection
 
-    options = _options(variant, pool)
+    options = _options(variant, pool, budget)
     if variant.method != MULTIBATCH:
         start = time.perf_counter()
         sel = run_selection(variant.method, pool.features, budget, seed=seed, **options)
@@ -573,7 +655,7 @@ def summarize(rows: Iterable[BenchRow], pool: str, field: str = "accuracy") -> d
 
 
 def _ordered_labels(rows: Sequence[BenchRow]) -> list[str]:
-    order = {v.label: i for i, v in enumerate(resolve_methods("all"))}
+    order = {v.label: i for i, v in enumerate(known_variants())}
     labels = {r.label for r in rows}
     return sorted(labels, key=lambda s: (order.get(s, len(order)), s))
 
@@ -640,6 +722,60 @@ def mean_table(rows: Sequence[BenchRow], pool: str, field: str, fmt: str = "{:.1
     return "\n".join(lines)
 
 
+def paired_differences(rows: Iterable[BenchRow], pool: str, label: str, against: str,
+                       field: str = "accuracy") -> dict:
+    """``{budget: (mean, low, high, n)}``: the per-seed paired difference `label` − `against` of
+    `field` on one pool, with a 95 % Student-t interval over the seeds (NaN bounds for one seed).
+    Only seeds where both rows succeeded are paired."""
+    from scipy import stats
+
+    values: dict[tuple, float] = {}
+    for r in rows:
+        if r.pool == pool and r.status == "ok" and r.label in (label, against):
+            value = float(getattr(r, field))
+            if not math.isnan(value):
+                values[(r.label, int(r.budget), int(r.seed))] = value
+    out = {}
+    for b in sorted({b for (_, b, _) in values}):
+        diffs = np.array([values[(label, b, s)] - values[(against, b, s)]
+                          for (lab, bb, s) in values if lab == label and bb == b and (against, b, s) in values])
+        if diffs.size == 0:
+            continue
+        mean = float(diffs.mean())
+        if diffs.size > 1:
+            half = float(stats.t.ppf(0.975, diffs.size - 1) * diffs.std(ddof=1) / math.sqrt(diffs.size))
+            out[b] = (mean, mean - half, mean + half, int(diffs.size))
+        else:
+            out[b] = (mean, math.nan, math.nan, 1)
+    return out
+
+
+def paired_table(rows: Sequence[BenchRow], pool: str, label: str, against: Sequence[str], field: str = "accuracy") -> str:
+    """Markdown: one row per compared method, one column per budget; a cell is the mean paired
+    difference `label` − that method in points with its 95 % interval, and a verdict mark:
+    ▲ the interval lies above 0, ▼ below, = it contains 0."""
+    rows = [r for r in rows if r.pool == pool]
+    budgets = sorted({int(r.budget) for r in rows if r.label == label})
+    if not budgets:
+        return f"(no {label} rows for the {pool} pool)"
+    lines = ["| " + label + " minus | " + " | ".join(f"B={b}" for b in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    for other in against:
+        diffs = paired_differences(rows, pool, label, other, field)
+        cells = []
+        for b in budgets:
+            if b not in diffs:
+                cells.append("–")
+                continue
+            mean, low, high, n = diffs[b]
+            if math.isnan(low):
+                cells.append(f"{100 * mean:+.1f} (n=1)")
+                continue
+            mark = "▲" if low > 0 else ("▼" if high < 0 else "=")
+            cells.append(f"{mark} {100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _seconds(value: float) -> str:
     if value < 0.1:
         return "< 0.1 s"
@@ -673,7 +809,7 @@ def plot_results(rows: Sequence[BenchRow], path, *, pools: Sequence[str] | None 
     if not pools:
         raise BilafError("no results to plot")
     fig, axes = plt.subplots(1, len(pools), figsize=(6.4 * len(pools), 4.8), squeeze=False, sharey=False)
-    variants = {v.label: v for v in resolve_methods("all")}
+    variants = {v.label: v for v in known_variants()}
     for ax, pool in zip(axes[0], pools):
         stats = summarize(rows, pool)
         for label in _ordered_labels([r for r in rows if r.pool == pool]):

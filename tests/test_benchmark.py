@@ -45,6 +45,12 @@ def sets(tmp_path_factory):
 def test_all_is_every_registered_method_plus_bilaf_reference():
     variants = bm.resolve_methods("all")
     assert [v.key for v in variants if v.key != bm.REFERENCE_KEY] == available_methods()
+    # the paper-equation objective and the K ablation run only when named, after their method
+    extras = bm.resolve_methods("all,bilaf-k0.1,activeft-paper-equation")
+    keys = [v.key for v in extras]
+    assert keys.index("bilaf-k0.1") == keys.index(bm.REFERENCE_KEY) + 1 and keys.index("activeft-paper-equation") == keys.index("activeft") + 1
+    assert [v.label for v in bm.resolve_methods("bilaf (paper equation)")] == ["bilaf (paper equation)"]
+    assert dict(bm.resolve_methods("bilaf-paper-equation")[0].options) == {"objective": "paper-equation"}
     reference = [v for v in variants if v.key == bm.REFERENCE_KEY]
     assert len(reference) == 1 and reference[0].method == "bilaf" and dict(reference[0].options) == {"compat": "reference"}
     assert reference[0].label == "bilaf (compat reference)"
@@ -63,6 +69,61 @@ def test_method_budget_seed_parsing():
 # ---------------------------------------------------------------------------------------------
 # The biased pool
 # ---------------------------------------------------------------------------------------------
+
+
+def test_percentage_budgets_resolve_per_pool():
+    assert bm.parse_budgets("1%, 0.5%,10,2%,1%") == [10, "0.5%", "1%", "2%"]
+    assert [bm.budget_count(b, 60_000) for b in ("0.5%", "1%", "2%", 7)] == [300, 600, 1200, 7]
+    assert bm.budget_count("0.5%", 30_300) == 152 and bm.budget_count("0.001%", 50) == 1
+    for bad in ("0%", "101%", "x%", "-1%"):
+        with pytest.raises(BilafError, match="percentages"):
+            bm.parse_budgets(bad)
+
+
+def test_core_rules_of_the_k_ablation():
+    assert bm.CoreRule(fraction=0.001).resolve(600, 60_000) == 60
+    assert bm.CoreRule(fraction=0.005).resolve(200, 60_000) == 200  # capped to the budget: all cores
+    assert bm.CoreRule(half_budget=True).resolve(1200, 60_000) == 600
+    assert bm.CoreRule(fraction=0.001).resolve(20, 1000) == 2  # at least two pseudo-classes
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded():
+    labels = np.repeat(np.arange(4), [600, 300, 120, 6])
+    pool, held = bm.validation_split(labels)
+    assert np.intersect1d(pool, held).size == 0 and pool.size + held.size == labels.size
+    assert list(np.bincount(labels[held], minlength=4)) == [100, 50, 20, 1]
+    again, _ = bm.validation_split(labels)
+    other, _ = bm.validation_split(labels, seed=1)
+    np.testing.assert_array_equal(pool, again)
+    assert not np.array_equal(pool, other)
+    with pytest.raises(BilafError, match="between 0 and 1"):
+        bm.validation_split(labels, fraction=1.0)
+
+
+def _row(label, budget, seed, accuracy, pool="full", status="ok"):
+    method = label.split(" ")[0]
+    return bm.BenchRow(pool=pool, method=method, variant="", label=label, budget=budget, seed=seed,
+                       accuracy=accuracy, selection_s=1.0, eval_s=0.1, n_pool=100, status=status)
+
+
+def test_paired_differences_and_verdict_table():
+    rows = [_row("bilaf", 100, s, a) for s, a in enumerate([0.70, 0.72, 0.74])]
+    rows += [_row("random", 100, s, a) for s, a in enumerate([0.60, 0.63, 0.65])]  # diffs 0.10, 0.09, 0.09
+    rows += [_row("kmeans", 100, s, a) for s, a in enumerate([0.75, 0.70, 0.77])]  # diffs -0.05, 0.02, -0.03
+    rows += [_row("kmeans", 100, 3, 0.99)]  # no bilaf seed 3: not paired
+    rows += [_row("typiclust", 100, 0, 0.5), _row("typiclust", 100, 1, 0.5, status="error")]
+    diffs = bm.paired_differences(rows, "full", "bilaf", "random")
+    mean, low, high, n = diffs[100]
+    assert n == 3 and mean == pytest.approx(0.28 / 3)
+    half = 4.302652729911275 * np.std([0.10, 0.09, 0.09], ddof=1) / np.sqrt(3)  # t(0.975, 2)
+    assert (low, high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert bm.paired_differences(rows, "full", "bilaf", "kmeans")[100][3] == 3
+    assert bm.paired_differences(rows, "full", "bilaf", "typiclust")[100][3] == 1
+    table = bm.paired_table(rows, "full", "bilaf", ["random", "kmeans", "typiclust", "coreset"])
+    lines = table.splitlines()
+    assert lines[2].startswith("| random | ▲ +9.3 [")  # interval above zero
+    assert lines[3].startswith("| kmeans | = -2.0 [")  # interval contains zero
+    assert lines[4] == "| typiclust | +20.0 (n=1) |" and lines[5] == "| coreset | – |"
 
 
 def test_biased_pool_imbalance_ratio():
