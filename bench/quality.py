@@ -137,6 +137,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="first 10 000 training images, B = 10,20,50,100, 2 seeds")
     parser.add_argument("--regime", choices=("low", "papers"), default="low",
                         help="low: B = 10…500 (default); papers: B = 0.5 %%, 1 %%, 2 %% of the pool, as in the ActiveFT/BiLAF tables")
+    parser.add_argument("--mode", choices=("linear-probe", "finetune"), default="linear-probe",
+                        help="score each selection with the linear probe (default) or by finetuning the backbone (cpu-quick preset)")
+    parser.add_argument("--min-steps", type=int, default=None,
+                        help="with --mode finetune: train at least this many optimiser steps (the training length follows the budget)")
     parser.add_argument("--validation", action="store_true",
                         help="select from 5/6 of the training split and score on the held-out sixth (choose defaults here, never on the test split)")
     parser.add_argument("--budgets", help=f"comma-separated (default {FULL['budgets']}; --quick {QUICK['budgets']})")
@@ -149,6 +153,18 @@ def main(argv=None) -> int:
     parser.add_argument("--ceiling", action="store_true", help="with --tables: also compute the all-labels ceiling (the full run always does)")
     args = parser.parse_args(argv)
     preset = dict(QUICK if args.quick else (PAPERS if args.regime == "papers" else FULL))
+    if args.min_steps is not None and args.mode != "finetune":
+        raise BilafError("--min-steps goes with --mode finetune")
+    eval_options = {}
+    if args.mode == "finetune":
+        # No default yet: the training length is to be chosen on the validation split
+        # (--validation --mode finetune --methods random --min-steps S for a few S), never on the test split.
+        if args.min_steps is None:
+            raise BilafError("--mode finetune needs --min-steps S (choose S on the validation split first: "
+                             "--validation --mode finetune --methods random --budgets 1% --min-steps S for a few S)")
+        min_steps = args.min_steps
+        eval_options = {"preset": "cpu-quick", "min_steps": min_steps}
+        preset["name"] += f"-finetune{min_steps}"
     if args.validation:
         preset["name"] += "-validation"
     budgets = bm.parse_budgets(args.budgets or preset["budgets"])
@@ -185,7 +201,8 @@ def main(argv=None) -> int:
         run_started = time.perf_counter()
         finished = 0
         for row in bm.run_benchmark(train_dir, methods=args.methods, budgets=budgets, seeds=seeds, pools=pools,
-                                    test_feature_dir=test_dir, imbalance_ratio=args.imbalance_ratio, done=done):
+                                    test_feature_dir=test_dir, imbalance_ratio=args.imbalance_ratio, done=done,
+                                    eval_mode=args.mode, eval_options=eval_options):
             rows.append(row)
             bm.write_results(csv_path, rows)
             finished += 1

@@ -431,8 +431,8 @@ def run_benchmark(
     for p in pools:
         if p not in POOLS:
             raise BilafError(f"unknown pool {p!r}; use full, biased or both")
-    if eval_mode not in ("linear-probe", "knn"):
-        raise BilafError(f"--mode must be linear-probe or knn; got {eval_mode!r}")
+    if eval_mode not in ("linear-probe", "knn", "finetune"):
+        raise BilafError(f"--mode must be linear-probe, knn or finetune; got {eval_mode!r}")
     fs = load_feature_set(feature_dir)
     labels = fs.labels
     if labels is None:
@@ -553,7 +553,11 @@ def _evaluate_into(row: BenchRow, pool: _PoolData, picks: np.ndarray, minority: 
     from .finetune import evaluate_selection
 
     start = time.perf_counter()
-    result = evaluate_selection(pool.folder, picks, mode=eval_mode, test_feature_dir=test_feature_dir, seed=seed, **eval_options)
+    with contextlib.ExitStack() as stack:
+        if eval_mode == "finetune" and "checkpoint_dir" not in eval_options:
+            # a benchmark keeps the score, not hundreds of trained backbones
+            eval_options = {**eval_options, "checkpoint_dir": stack.enter_context(tempfile.TemporaryDirectory(prefix="bilaf-bench-ft-"))}
+        result = evaluate_selection(pool.folder, picks, mode=eval_mode, test_feature_dir=test_feature_dir, seed=seed, **eval_options)
     row.eval_s = time.perf_counter() - start
     row.evaluation = result
     row.accuracy = float(result.accuracy)

@@ -544,6 +544,21 @@ class FinetunePreset:
     #: when > 0, an epoch holds at most max(1, B // m) * m image views over all processes (the
     #: reference sampler's epoch length, m = 256); 0 = every view once
     epoch_views_multiple: int = 0
+    #: when > 0, training takes at least this many optimiser steps: the epochs are raised to
+    #: ⌈min_steps / steps per epoch⌉ when ``epochs`` gives fewer, so the training length follows
+    #: the budget (a small selection gets more epochs, never fewer steps)
+    min_steps: int = 0
+
+    def for_picks(self, n_picks: int, world: int = 1) -> "FinetunePreset":
+        """This preset with ``epochs`` raised for `n_picks` picks when ``min_steps`` asks for more."""
+        import dataclasses
+
+        if self.min_steps <= 0:
+            return self
+        per_rank_batch = max(1, math.ceil(self.batch_size / world))
+        one_epoch = dataclasses.replace(self, epochs=1)
+        steps_per_epoch = max(1, len(_epoch_batches(n_picks, one_epoch, per_rank_batch, world, 0, seed=0)[0]))
+        return dataclasses.replace(self, epochs=max(self.epochs, math.ceil(self.min_steps / steps_per_epoch)))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -579,7 +594,7 @@ PRESETS: dict[str, FinetunePreset] = {
 
 #: options evaluate_selection(mode="finetune") takes besides the preset's fields
 FINETUNE_RUN_OPTIONS = ("num_workers", "device", "checkpoint_dir", "weights", "download", "eval_batch_size")
-_PRESET_INT = ("epochs", "batch_size", "image_size", "repeated_augmentation", "epoch_views_multiple")
+_PRESET_INT = ("epochs", "batch_size", "image_size", "repeated_augmentation", "epoch_views_multiple", "min_steps")
 _PRESET_FLOAT = ("lr", "min_lr", "warmup_epochs", "warmup_lr", "weight_decay", "label_smoothing", "drop_path", "clip_grad",
                  "test_crop_fraction", "hflip", "momentum")
 #: test images per forward pass (per process)
@@ -601,7 +616,7 @@ def _finetune_config(preset_name: str, options: dict) -> FinetunePreset:
     changes = {}
     for name in _PRESET_INT:
         if options.get(name) is not None:
-            changes[name] = _positive_int(name, options[name], {"image_size": 8, "epoch_views_multiple": 0}.get(name, 1))
+            changes[name] = _positive_int(name, options[name], {"image_size": 8, "epoch_views_multiple": 0, "min_steps": 0}.get(name, 1))
     for name in _PRESET_FLOAT:
         if options.get(name) is not None:
             changes[name] = _positive_float(name, options[name], allow_zero=name not in ("lr", "test_crop_fraction"))
@@ -1064,6 +1079,7 @@ def _evaluate_finetune(feature_dir, picks, *, test_feature_dir, preset, seed: in
 
             tick = time.perf_counter()
             per_rank_batch = max(1, math.ceil(config.batch_size / dist.world))
+            config = config.for_picks(len(picks), dist.world)
             plan = _epoch_batches(len(picks), config, per_rank_batch, dist.world, dist.rank, seed)
             generator = torch.Generator().manual_seed(seed * 1009 + dist.rank)
             info = _train(trained, optimizer, config, pool_images, picks, pool_labels[picks], plan, base_size=base_size,

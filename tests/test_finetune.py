@@ -294,6 +294,26 @@ def test_random_resized_crop_full_image_is_identity_and_flip_mirrors():
     assert torch.allclose(centre, x[:, :, 4:12, 4:12])
 
 
+def test_min_steps_raises_the_epochs_so_the_training_length_follows_the_budget(synthetic_pool, tmp_path):
+    import dataclasses
+
+    from bilaf_core.finetune import PRESETS
+
+    quick = dataclasses.replace(PRESETS["cpu-quick"], min_steps=300)  # batch 64
+    assert [quick.for_picks(n).epochs for n in (100, 600, 1200, 5000)] == [150, 30, 16, 8]  # never below 8 epochs
+    assert PRESETS["cpu-quick"].for_picks(100).epochs == 8  # min_steps 0: the preset as it is
+    paper = dataclasses.replace(PRESETS["paper"], min_steps=3000)  # 256-view epochs of batch 512: 1 step each
+    # 250 picks: one 256-view epoch is 1 step, so 3000 epochs; 10 000 picks: 20 steps an epoch, and the preset's
+    # 1000 epochs already give more than 3000 steps
+    assert paper.for_picks(250).epochs == 3000 and paper.for_picks(10_000).epochs == 1000
+    # in a run: 32 picks at batch 16 are 2 steps an epoch, so min_steps 5 makes 3 epochs, 6 steps
+    options = {**TINY, "min_steps": 5}
+    result = evaluate_selection(synthetic_pool, np.arange(32), "finetune", seed=1, checkpoint_dir=tmp_path / "c", **options)
+    assert result.params["epochs"] == 3 and result.params["steps"] == 6 and result.params["min_steps"] == 5
+    with pytest.raises(BilafError, match="min_steps must be an integer >= 0"):
+        evaluate_selection(synthetic_pool, [0, 1], "finetune", min_steps=-1)
+
+
 def test_learning_rate_schedule():
     from bilaf_core.finetune import PRESETS, learning_rate
 
