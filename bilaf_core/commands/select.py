@@ -67,7 +67,8 @@ def _constraints_epilog() -> str:
     ]
     for name in available_methods():
         rule = get_method(name).include_rule or "does not take --include"
-        lines.append(textwrap.fill(rule, width=98, initial_indent=f"  {name}: ", subsequent_indent="      "))
+        lines.append(textwrap.fill(rule, width=98, initial_indent=f"  {name}: ", subsequent_indent="      ",
+                                   break_on_hyphens=False, break_long_words=False))
     return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -395,42 +395,60 @@ def _bilaf_default(features, core_indices, budget, ctx, *, density_neighbors, re
             cluster_sizes - np.floor(removal_fraction * cluster_sizes + 1e-9).astype(np.int64),
             cluster_sizes,
         )
-        lower = upper = None
-        include, blocked = ctx.include, ctx.blocked(n)
-        if blocked.any():
-            # Includes are picks already taken in their pseudo-class (cores are picks anyway):
-            # a class gets at least its core plus its includes.  Its new picks come from the
-            # members that are neither blocked nor the core; the cap assumes every blocked
-            # member survives denoising (known only after it), so it never over-promises.
-            extra = include[~np.isin(include, core_indices)]
-            included_per_class = np.bincount(plan.cluster[extra], minlength=k_cores)
-            blocked_noncore = blocked.copy()
-            blocked_noncore[core_indices] = False
-            blocked_per_class = np.bincount(plan.cluster[blocked_noncore], minlength=k_cores)
-            lower = 1 + included_per_class
-            upper = lower + np.maximum(sizes - 1 - blocked_per_class, 0)
-        allocation = split_budget(sizes, budget, lower=lower, upper=upper)
     keep_plan = (fresh and key is not None and cluster_sizes.max() <= ClusterDistances.max_cached
                  and 4 * float(np.square(cluster_sizes, dtype=np.float64).sum()) <= PLAN_CACHE_BYTES)
+
+    def visit(c):
+        """Cluster c's plan: assignment rows, distances and denoising (kept in the plan when
+        plans are kept, recomputed otherwise)."""
+        if not fresh:
+            return plan.clusters[c]
+        members = order[bounds[c] : bounds[c + 1]]
+        dists = ClusterDistances(features[members])
+        core_pos = int(np.searchsorted(members, core_indices[c]))
+        levels, drop = denoise_cluster(
+            dists, core_pos, k=density_neighbors, ring_fraction=ring_fraction, removal_fraction=removal_fraction
+        )
+        kept = np.flatnonzero(~drop)  # rows of `dists`, ascending ids
+        part = _ClusterPlan(members, dists, levels, drop, kept, int(np.searchsorted(kept, core_pos)))
+        if keep_plan:
+            plan.clusters.append(part)
+        return part
+
+    lower = upper = None
+    include, blocked = ctx.include, ctx.blocked(n)
+    denoised = {}
+    if blocked.any():
+        with ctx.stage("denoise+boundary"):
+            # Constraints: includes are picks already taken in their pseudo-class (cores are
+            # picks anyway), so a class gets at least its core plus its includes; its new picks
+            # come from the denoised members that are neither blocked nor the core — known only
+            # after denoising, so here every cluster is denoised first (its distances are
+            # rebuilt for the picks below unless the plan keeps them).
+            for c in range(k_cores):
+                part = visit(c)
+                denoised[c] = part if keep_plan or not fresh else replace(part, dists=None)
+                if c % max(1, k_cores // 50) == 0:
+                    ctx.progress(0.62 + 0.19 * (c + 1) / k_cores, f"denoising cluster {c + 1}/{k_cores}")
+        extra = include[~np.isin(include, core_indices)]
+        lower = 1 + np.bincount(plan.cluster[extra], minlength=k_cores)
+        candidates = np.zeros(n, dtype=bool)
+        for c, part in denoised.items():
+            candidates[part.members[part.kept]] = True
+        candidates &= ~blocked
+        candidates[core_indices] = False
+        upper = lower + np.bincount(plan.cluster[candidates], minlength=k_cores)
+    with ctx.stage("allocate"):
+        allocation = split_budget(sizes, budget, lower=lower, upper=upper)
 
     ring_level = np.zeros(n, dtype=np.int32)
     removed = np.zeros(n, dtype=bool)
     picks, scores, opponents, pick_cluster = [], [], [], []
     with ctx.stage("denoise+boundary"):
         for c in range(k_cores):
-            if fresh:
-                members = order[bounds[c] : bounds[c + 1]]
-                dists = ClusterDistances(features[members])
-                core_pos = int(np.searchsorted(members, core_indices[c]))
-                levels, drop = denoise_cluster(
-                    dists, core_pos, k=density_neighbors, ring_fraction=ring_fraction, removal_fraction=removal_fraction
-                )
-                kept = np.flatnonzero(~drop)  # rows of `dists`, ascending ids
-                part = _ClusterPlan(members, dists, levels, drop, kept, int(np.searchsorted(kept, core_pos)))
-                if keep_plan:
-                    plan.clusters.append(part)
-            else:
-                part = plan.clusters[c]
+            part = denoised.pop(c, None) or visit(c)
+            if part.dists is None:
+                part.dists = ClusterDistances(features[part.members])
             ring_level[part.members] = part.levels
             removed[part.members] = part.drop
             if allocation[c] > 1 and part.inner is None:

@@ -256,7 +256,8 @@ def select_kmeans_multibatch(features: np.ndarray, budget: int, ctx: RunContext,
         # Sort the free samples by (cluster, distance to its centroid): the first of each run is the
         # nearest free member of that cluster.
         idx = idx[np.lexsort((dist[idx], assign[idx]))]
-        first = np.r_[True, assign[idx][1:] != assign[idx][:-1]]
+        first = np.ones(idx.size, dtype=bool)  # (empty when the includes fill the budget)
+        first[1:] = assign[idx][1:] != assign[idx][:-1]
         member_pick = idx[first]
         member_cluster = assign[member_pick]
         by_closeness = np.argsort(dist[member_pick], kind="stable")
