@@ -1,0 +1,566 @@
+"""What a selection covers, what it misses and how selections overlap.
+
+Given the pool's features and one or more picks (lists of pool indices), :func:`inspect_selections`
+computes per selection
+
+* ``coverage`` — the distance from every pool sample to its nearest pick (exact), summarised as
+  mean / p50 / p95 / max (the per-sample array is returned for the map and written as .npy);
+* ``near_duplicates`` — pairs of picks closer than a threshold (exact distances);
+* ``gaps`` — the densest regions of the pool with no pick nearby: pool samples ranked by
+  density × distance to the nearest pick, de-duplicated into regions (each a ball around a
+  representative sample, half as wide as the representative's distance to its nearest pick), then
+  ordered by how many pool samples the region holds;
+* ``pseudo_classes`` — picks against members per pseudo-class / cluster, when labels are given
+  (a selection's own ``cluster`` / ``assignment`` / ``pseudo_label`` diagnostics, or one
+  labelling for all);
+
+and across selections the ``overlap`` matrices ``shared`` (picks in both) and ``jaccard``
+(shared / picks in either).
+
+Repair helpers for the app: :func:`suggest_replacements` (for a removed pick: its nearest unpicked
+neighbours in the same pseudo-class, and the largest gap once it is gone) and
+:func:`rerun_keeping_edits` (the method again, kept picks as ``include``, removed ones as
+``exclude``).
+
+Distances are euclidean, by default on L2-normalised features (``space="normalized"``: most
+methods select there — ActiveFT, BiLAF's core stage, k-means, TypiClust, ProbCover, FDS, Fisher —
+and distances are then scale-free, 0 to 2); ``space="raw"`` uses the features as given (BiLAF's
+boundary stage and Core-Set measure there).
+
+Scale: the pool is read in row chunks (a memory-mapped .npy is never loaded whole) and every
+nearest-neighbour search is exact faiss brute force against a small database (the picks, a
+density reference sample or the gap representatives), on the GPU when faiss has one.  Memory is
+O(chunk × D + picks × D), so 1 M × 768 fits easily in 24 GB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import BilafError
+from .selection import _ops
+from .selection.base import check_indices, validate_features
+
+SPACES = ("normalized", "raw")
+#: near-duplicate threshold, as a fraction of the median feature length in the space used:
+#: 0.05 on normalised features (unit length), i.e. cosine similarity >= 0.99875.
+DEFAULT_DUPLICATE_FRACTION = 0.05
+#: gap regions reported per selection
+DEFAULT_GAPS = 10
+#: density = 1 / mean distance to this many nearest samples of the reference sample
+DEFAULT_DENSITY_NEIGHBORS = 10
+#: pool samples (seeded uniform) the density is measured against; the whole pool when smaller
+DEFAULT_DENSITY_REFERENCE = 2048
+#: top-scoring samples considered when de-duplicating gaps into regions
+GAP_CANDIDATES = 4096
+#: pool samples of each gap listed nearest-first (the app's thumbnail strip)
+GAP_EXAMPLES = 8
+#: diagnostics that label every pool sample with a pseudo-class / cluster, in order of preference
+LABEL_DIAGNOSTICS = ("cluster", "assignment", "pseudo_label")
+#: pool rows per chunk: 65 536 x 768 float32 = 192 MB
+CHUNK = 65536
+
+ProgressFn = Callable[[float, str], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks (arrays in, arrays out)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_space(space: str) -> None:
+    if space not in SPACES:
+        raise BilafError(f"space must be one of {', '.join(SPACES)}; got {space!r}")
+
+
+def _prepare(block: np.ndarray, space: str) -> np.ndarray:
+    block = np.ascontiguousarray(block, dtype=np.float32)
+    return _ops.l2_normalize(block) if space == "normalized" else block
+
+
+def pool_chunks(features: np.ndarray, space: str = "normalized", chunk: int = CHUNK):
+    """Yield ``(start, rows)``: the pool in row chunks, float32, normalised when asked."""
+    for start in range(0, features.shape[0], chunk):
+        yield start, _prepare(features[start : start + chunk], space)
+
+
+def rows_of(features: np.ndarray, indices: np.ndarray, space: str = "normalized", dtype=np.float32) -> np.ndarray:
+    """Rows `indices` of the pool (in that order) as `dtype`, normalised (in `dtype`) when asked.
+    Reads a memory-mapped pool in ascending order."""
+    indices = np.asarray(indices, dtype=np.int64)
+    order = np.argsort(indices, kind="stable")
+    out = np.empty((indices.size, features.shape[1]), dtype=dtype)
+    out[order] = np.asarray(features[indices[order]], dtype=dtype)
+    if space == "normalized":
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def nearest_pick(features: np.ndarray, picks: np.ndarray, *, space: str = "normalized", chunk: int = CHUNK):
+    """Exact distance from every pool sample to its nearest pick, and which pick that is.
+
+    Returns ``(distance (N,) float32, nearest (N,) int64 pool index of the nearest pick)``;
+    a pick's own distance is 0 (itself).  faiss brute force with the picks as the database,
+    the pool streamed in chunks (GPU index when faiss has a GPU).
+    """
+    _check_space(space)
+    picks = np.asarray(picks, dtype=np.int64)
+    n = features.shape[0]
+    index = _ops.flat_index(features.shape[1])
+    index.add(rows_of(features, picks, space))
+    distance = np.empty(n, dtype=np.float32)
+    nearest = np.empty(n, dtype=np.int64)
+    for start, block in pool_chunks(features, space, chunk):
+        d2, ids = index.search(block, 1)
+        distance[start : start + block.shape[0]] = np.sqrt(np.maximum(d2[:, 0], 0))
+        nearest[start : start + block.shape[0]] = picks[ids[:, 0]]
+    # a pick is its own nearest pick (float rounding in ‖a‖² + ‖b‖² − 2ab would say ~1e-4)
+    distance[picks] = 0.0
+    nearest[picks] = picks
+    return distance, nearest
+
+
+def coverage_summary(distance: np.ndarray) -> dict:
+    """mean / p50 / p95 / max of the distances to the nearest pick (numpy's linear percentiles)."""
+    d = np.asarray(distance, dtype=np.float64)
+    p50, p95 = np.percentile(d, [50, 95])
+    return {"mean": float(d.mean()), "p50": float(p50), "p95": float(p95), "max": float(d.max())}
+
+
+def default_duplicate_threshold(features: np.ndarray, space: str = "normalized", *, sample: int = 4096,
+                                seed: int = 0) -> float:
+    """``DEFAULT_DUPLICATE_FRACTION`` × the median feature length in `space` (exactly 0.05 for
+    normalised features; for raw ones measured on a seeded sample of ``sample`` rows)."""
+    _check_space(space)
+    if space == "normalized":
+        return DEFAULT_DUPLICATE_FRACTION
+    n = features.shape[0]
+    rows = np.arange(n) if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+    norms = np.linalg.norm(np.asarray(features[rows], dtype=np.float32), axis=1)
+    return float(DEFAULT_DUPLICATE_FRACTION * np.median(norms))
+
+
+def near_duplicate_pairs(features: np.ndarray, picks: np.ndarray, threshold: float, *, space: str = "normalized",
+                         block: int = 4096) -> list[list]:
+    """Pairs of picks at distance <= `threshold`: ``[[i, j, distance], …]`` with pool indices
+    i < j, sorted by distance, then i, then j.
+
+    Candidates come from a faiss range search over the picks (upper triangle only, a little
+    wider than the threshold to absorb float32 rounding); every candidate's distance is then
+    recomputed exactly in float64 from the two rows, so exact duplicates report 0.0.
+    """
+    _check_space(space)
+    if not np.isfinite(threshold) or threshold < 0:
+        raise BilafError(f"the near-duplicate threshold must be a distance >= 0; got {threshold}")
+    picks = np.asarray(picks, dtype=np.int64)
+    if picks.size < 2:
+        return []
+    x = rows_of(features, picks, space)
+    faiss = _ops.faiss_module()
+    sq_max = float(_ops.sq_norms(x).max())
+    # ‖a‖² + ‖b‖² − 2ab in float32 is off by a few ulps of the largest squared norm
+    radius2 = (float(threshold) * (1 + 1e-4) + 1e-12) ** 2 + 1e-5 * 4.0 * max(sq_max, 1e-30)
+    rows_i, rows_j = [], []
+    for s in range(0, picks.size, block):
+        q = min(block, picks.size - s)
+        index = faiss.IndexFlatL2(x.shape[1])
+        index.add(x[s:])
+        lims, _, lab = index.range_search(x[s : s + q], radius2)
+        rows = np.repeat(np.arange(s, s + q), np.diff(lims.astype(np.int64)))
+        cols = lab.astype(np.int64) + s
+        upper = cols > rows
+        rows_i.append(rows[upper])
+        rows_j.append(cols[upper])
+    i, j = np.concatenate(rows_i), np.concatenate(rows_j)
+    if i.size == 0:
+        return []
+    # exact distances from the rows as stored, in float64 (normalised in float64 when asked)
+    used = np.unique(np.concatenate([i, j]))
+    exact = np.zeros((picks.size, x.shape[1]), dtype=np.float64)
+    exact[used] = rows_of(features, picks[used], space, dtype=np.float64)
+    dist = np.sqrt(((exact[i] - exact[j]) ** 2).sum(axis=1))
+    keep = dist <= threshold
+    pi, pj = picks[i[keep]], picks[j[keep]]
+    lo, hi, dist = np.minimum(pi, pj), np.maximum(pi, pj), dist[keep]
+    order = np.lexsort((hi, lo, dist))
+    return [[int(lo[k]), int(hi[k]), float(dist[k])] for k in order]
+
+
+def pool_density(features: np.ndarray, *, space: str = "normalized", neighbors: int = DEFAULT_DENSITY_NEIGHBORS,
+                 reference: int = DEFAULT_DENSITY_REFERENCE, seed: int = 0, chunk: int = CHUNK) -> np.ndarray:
+    """Density of every pool sample: 1 / mean distance to its `neighbors` nearest samples of a
+    seeded uniform reference sample of `reference` pool samples (a sample never counts itself),
+    scaled so that the median is 1.  With a pool no larger than `reference` this is the exact
+    k-nearest-neighbour density."""
+    _check_space(space)
+    n = features.shape[0]
+    if n < 2:
+        return np.ones(n, dtype=np.float32)
+    ref = np.arange(n) if n <= reference else np.sort(np.random.default_rng(seed).choice(n, reference, replace=False))
+    k = int(min(neighbors, ref.size - 1))
+    index = _ops.flat_index(features.shape[1])
+    index.add(rows_of(features, ref, space))
+    position_in_ref = np.full(n, -1, dtype=np.int64)
+    position_in_ref[ref] = np.arange(ref.size)
+    mean_dist = np.empty(n, dtype=np.float64)
+    for start, block in pool_chunks(features, space, chunk):
+        d2, ids = index.search(block, k + 1)
+        d = np.sqrt(np.maximum(d2, 0)).astype(np.float64)
+        # drop the sample itself when it is in the reference, else the (k+1)-th neighbour
+        own = ids == position_in_ref[start : start + block.shape[0], None]
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+        d[np.arange(d.shape[0]), drop] = np.nan
+        mean_dist[start : start + block.shape[0]] = np.nanmean(d, axis=1)
+    density = 1.0 / np.maximum(mean_dist, 1e-12)
+    return (density / np.median(density)).astype(np.float32)
+
+
+def _nearest_in_pool(features, centres: np.ndarray, radii: np.ndarray, *, space: str, examples: int,
+                     exclude: np.ndarray | None = None, chunk: int = CHUNK):
+    """For each centre row: how many pool samples lie within its radius, and its `examples`
+    nearest pool samples (not `exclude`d) as (indices, distances), nearest first."""
+    g = centres.shape[0]
+    counts = np.zeros(g, dtype=np.int64)
+    best_d = np.full((g, examples), np.inf, dtype=np.float64)
+    best_i = np.full((g, examples), -1, dtype=np.int64)
+    c_sq = _ops.sq_norms(centres)
+    for start, block in pool_chunks(features, space, chunk):
+        d = _ops.pairwise_dist(centres, block, a_sq=c_sq).astype(np.float64)
+        counts += (d <= radii[:, None]).sum(axis=1)
+        if exclude is not None:
+            d[:, exclude[start : start + block.shape[0]]] = np.inf
+        ids = np.broadcast_to(np.arange(start, start + block.shape[0]), d.shape)
+        merged_d = np.concatenate([best_d, d], axis=1)
+        merged_i = np.concatenate([best_i, ids], axis=1)
+        top = np.argsort(merged_d, axis=1, kind="stable")[:, :examples]
+        best_d = np.take_along_axis(merged_d, top, axis=1)
+        best_i = np.take_along_axis(merged_i, top, axis=1)
+    return counts, best_i, best_d
+
+
+def find_gaps(features: np.ndarray, distance: np.ndarray, nearest: np.ndarray, density: np.ndarray, *,
+              n_gaps: int = DEFAULT_GAPS, space: str = "normalized", candidates: int = GAP_CANDIDATES,
+              examples: int = GAP_EXAMPLES, chunk: int = CHUNK) -> list[dict]:
+    """The densest regions of the pool with no pick nearby.
+
+    Every sample scores density × distance to its nearest pick (picks score 0).  The
+    `candidates` best are de-duplicated greedily: the best remaining one becomes a region's
+    representative, and the region is the ball around it of radius half its distance to its
+    nearest pick (every member is then at least that far from any pick); candidates inside the
+    ball are dropped.  Regions are returned largest first (pool samples in the ball; ties: higher
+    score), each as a dict: ``representative``, ``distance_to_nearest_pick``, ``nearest_pick``,
+    ``density`` (1 = the pool's median), ``score``, ``radius``, ``size`` and ``examples`` (up to
+    `examples` pool samples nearest the representative, itself first).
+    """
+    _check_space(space)
+    score = np.asarray(density, dtype=np.float64) * np.asarray(distance, dtype=np.float64)
+    positive = np.flatnonzero(score > 0)
+    if positive.size == 0 or n_gaps <= 0:
+        return []
+    t = min(candidates, positive.size)
+    cand = positive[np.argpartition(-score[positive], t - 1)[:t]] if t < positive.size else positive
+    cand = cand[np.lexsort((cand, -score[cand]))]  # best first; ties: lower index
+    xc = rows_of(features, cand, space)
+    xc_sq = _ops.sq_norms(xc)
+    alive = np.ones(cand.size, dtype=bool)
+    reps, radii = [], []
+    while len(reps) < n_gaps and alive.any():
+        p = int(np.argmax(alive))  # best alive (cand is sorted by score)
+        radius = 0.5 * float(distance[cand[p]])
+        d = _ops.pairwise_dist(xc[p : p + 1], xc, a_sq=xc_sq[p : p + 1], b_sq=xc_sq)[0]
+        alive &= d > radius
+        alive[p] = False
+        reps.append(p)
+        radii.append(radius)
+    rep_ids = cand[np.asarray(reps)]
+    radii = np.asarray(radii, dtype=np.float64)
+    counts, ex_i, _ = _nearest_in_pool(features, xc[np.asarray(reps)], radii, space=space,
+                                       examples=int(min(examples, features.shape[0])), chunk=chunk)
+    gaps = []
+    for r, idx in enumerate(rep_ids):
+        members = [int(i) for i in ex_i[r] if i >= 0]
+        if int(idx) in members:  # the representative first (an exact duplicate may tie with it)
+            members.remove(int(idx))
+        gaps.append({
+            "representative": int(idx),
+            "distance_to_nearest_pick": float(distance[idx]),
+            "nearest_pick": int(nearest[idx]),
+            "density": float(density[idx]),
+            "score": float(score[idx]),
+            "radius": float(radii[r]),
+            "size": int(counts[r]),
+            "examples": [int(idx)] + members[: max(0, examples - 1)],
+        })
+    gaps.sort(key=lambda gap: (-gap["size"], -gap["score"], gap["representative"]))
+    for rank, gap in enumerate(gaps, start=1):
+        gap["rank"] = rank
+    return gaps
+
+
+def class_breakdown(picks: np.ndarray, labels: np.ndarray) -> dict:
+    """Picks against members per pseudo-class / cluster.
+
+    Returns ``{"classes": [{"class", "members", "picks", "expected"}…], "without_picks",
+    "members_without_picks"}``; ``expected`` is the class's share of the budget if picks
+    followed the pool's distribution (budget × members / N)."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise BilafError(f"pseudo-class labels must be integers, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise BilafError("pseudo-class labels must be >= 0")
+    k = int(labels.max()) + 1 if labels.size else 0
+    members = np.bincount(labels, minlength=k)
+    picked = np.bincount(labels[np.asarray(picks, dtype=np.int64)], minlength=k)
+    budget, n = int(len(picks)), int(labels.size)
+    classes = [
+        {"class": int(c), "members": int(members[c]), "picks": int(picked[c]), "expected": budget * float(members[c]) / n}
+        for c in np.flatnonzero(members)
+    ]
+    empty = (members > 0) & (picked == 0)
+    return {"classes": classes, "without_picks": int(empty.sum()), "members_without_picks": int(members[empty].sum())}
+
+
+def overlap_matrices(picks_list: Sequence[np.ndarray]):
+    """``shared[a][b]`` = picks in both a and b (the diagonal: each selection's size) and
+    ``jaccard[a][b]`` = shared / picks in either, as nested lists."""
+    sets = [np.unique(np.asarray(p, dtype=np.int64)) for p in picks_list]
+    s = len(sets)
+    shared = [[0] * s for _ in range(s)]
+    jaccard = [[0.0] * s for _ in range(s)]
+    for a in range(s):
+        for b in range(s):
+            both = int(np.intersect1d(sets[a], sets[b], assume_unique=True).size)
+            either = int(sets[a].size + sets[b].size - both)
+            shared[a][b] = both
+            jaccard[a][b] = both / either if either else 0.0
+    return shared, jaccard
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class InspectResult:
+    """``report``: the JSON-able report (see the module docstring); ``coverage`` (S, N) float32:
+    distance of every pool sample to the nearest pick of each selection; ``nearest`` (S, N)
+    int64: that pick; ``density`` (N,) float32 (median 1)."""
+
+    report: dict
+    coverage: np.ndarray
+    nearest: np.ndarray
+    density: np.ndarray
+
+
+def labels_from_diagnostics(diagnostics: dict | None) -> tuple[str, np.ndarray] | None:
+    """The first pool-wide pseudo-class labelling in a selection's diagnostics, as (name, labels)."""
+    for name in LABEL_DIAGNOSTICS:
+        if diagnostics and name in diagnostics and diagnostics[name] is not None:
+            return name, np.asarray(diagnostics[name])
+    return None
+
+
+def inspect_selections(
+    features: Any,
+    picks_list: Sequence[Any],
+    *,
+    names: Sequence[str] | None = None,
+    labels: Sequence[Any] | None = None,
+    space: str = "normalized",
+    duplicate_threshold: float | None = None,
+    n_gaps: int = DEFAULT_GAPS,
+    density_neighbors: int = DEFAULT_DENSITY_NEIGHBORS,
+    density_reference: int = DEFAULT_DENSITY_REFERENCE,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> InspectResult:
+    """Inspect one or more selections of the same pool.
+
+    Parameters
+    ----------
+    features : (N, D) array (a memory-mapped .npy is fine; it is read in chunks)
+    picks_list : sequence of S lists/arrays of distinct pool indices
+    names : S display names (default ``selection 1``…)
+    labels : S entries, each None or an (N,) int pseudo-class labelling for that selection
+    space : ``"normalized"`` (default) or ``"raw"``: where distances are measured
+    duplicate_threshold : distance at or below which two picks are near-duplicates (default:
+        ``DEFAULT_DUPLICATE_FRACTION`` × the median feature length, 0.05 when normalised)
+    n_gaps : regions reported per selection
+    density_neighbors, density_reference, seed : the density estimate (see `pool_density`)
+    progress : ``fn(fraction, message)``; may raise Cancelled
+
+    Returns
+    -------
+    InspectResult
+    """
+    _check_space(space)
+    report_progress = progress or (lambda f, m: None)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    features = validate_features(features)
+    n, dim = features.shape
+    picks_list = list(picks_list)
+    if not picks_list:
+        raise BilafError("give at least one picks file to inspect")
+    names = [f"selection {i + 1}" for i in range(len(picks_list))] if names is None else [str(x) for x in names]
+    if len(names) != len(picks_list):
+        raise BilafError(f"{len(names)} names for {len(picks_list)} selections")
+    labels = [None] * len(picks_list) if labels is None else list(labels)
+    if len(labels) != len(picks_list):
+        raise BilafError(f"{len(labels)} pseudo-class labellings for {len(picks_list)} selections")
+    checked = []
+    for name, picks in zip(names, picks_list):
+        picks = check_indices(np.asarray(picks).reshape(-1), n, what=f"picks of {name}")
+        if picks.size == 0:
+            raise BilafError(f"{name} holds no picks; nothing to inspect")
+        checked.append(picks)
+    for name, lab in zip(names, labels):
+        if lab is not None and np.asarray(lab).reshape(-1).shape[0] != n:
+            raise BilafError(f"the pseudo-classes of {name} label {np.asarray(lab).reshape(-1).shape[0]} samples but the "
+                             f"pool has {n}; use the labels of the selection made on these features")
+    threshold = default_duplicate_threshold(features, space, seed=seed) if duplicate_threshold is None else float(duplicate_threshold)
+    if not np.isfinite(threshold) or threshold < 0:
+        raise BilafError(f"--duplicate-threshold must be a distance >= 0; got {duplicate_threshold}")
+    timings["validate"] = time.perf_counter() - started
+
+    t = time.perf_counter()
+    report_progress(0.0, "pool density")
+    density = pool_density(features, space=space, neighbors=density_neighbors, reference=density_reference, seed=seed)
+    timings["density"] = time.perf_counter() - t
+
+    coverage = np.empty((len(checked), n), dtype=np.float32)
+    nearest = np.empty((len(checked), n), dtype=np.int64)
+    selections = []
+    for s, (name, picks, lab) in enumerate(zip(names, checked, labels)):
+        base = 0.1 + 0.85 * s / len(checked)
+        report_progress(base, f"{name}: coverage")
+        t = time.perf_counter()
+        coverage[s], nearest[s] = nearest_pick(features, picks, space=space)
+        timings["coverage"] = timings.get("coverage", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        duplicates = near_duplicate_pairs(features, picks, threshold, space=space)
+        timings["near_duplicates"] = timings.get("near_duplicates", 0.0) + time.perf_counter() - t
+        report_progress(base + 0.5 * 0.85 / len(checked), f"{name}: gaps")
+        t = time.perf_counter()
+        gaps = find_gaps(features, coverage[s], nearest[s], density, n_gaps=n_gaps, space=space)
+        timings["gaps"] = timings.get("gaps", 0.0) + time.perf_counter() - t
+        entry = {
+            "name": name,
+            "budget": int(picks.size),
+            "coverage": coverage_summary(coverage[s]),
+            "near_duplicates": duplicates,
+            "gaps": gaps,
+            "pseudo_classes": None if lab is None else class_breakdown(picks, np.asarray(lab).reshape(-1)),
+        }
+        selections.append(entry)
+    shared, jaccard = overlap_matrices(checked)
+    timings["total"] = time.perf_counter() - started
+    report = {
+        "n_pool": int(n),
+        "dim": int(dim),
+        "space": space,
+        "duplicate_threshold": threshold,
+        "density": {"neighbors": int(density_neighbors), "reference": int(min(density_reference, n)), "seed": int(seed)},
+        "selections": selections,
+        "overlap": {"names": list(names), "shared": shared, "jaccard": jaccard},
+        "timings": timings,
+    }
+    report_progress(1.0, "done")
+    return InspectResult(report=report, coverage=coverage, nearest=nearest, density=density)
+
+
+# ---------------------------------------------------------------------------------------------
+# Repair (the app's "remove a pick" and "re-run keeping my edits")
+# ---------------------------------------------------------------------------------------------
+
+
+def suggest_replacements(
+    features: Any,
+    picks: Any,
+    removed: int,
+    *,
+    labels: Any = None,
+    n_neighbours: int = 5,
+    exclude: Any = None,
+    space: str = "normalized",
+    coverage: tuple[np.ndarray, np.ndarray] | None = None,
+    density: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict:
+    """Replacements for the pick `removed`.
+
+    ``neighbours``: its `n_neighbours` nearest samples that are not picked (nor in `exclude`),
+    restricted to its own pseudo-class when `labels` (N,) are given, as
+    ``[{"index", "distance"}…]`` nearest first.  ``gap``: the largest gap (see `find_gaps`) of
+    the picks without `removed`, or None when every sample is a pick.
+
+    ``coverage`` = ``(distance, nearest)`` of the current picks (from `nearest_pick` or
+    ``InspectResult``) and ``density`` are reused when given: then only the samples whose nearest
+    pick was `removed` are searched again.
+    """
+    _check_space(space)
+    features = validate_features(features)
+    n = features.shape[0]
+    picks = check_indices(np.asarray(picks).reshape(-1), n, what="picks")
+    removed = int(removed)
+    if removed not in set(picks.tolist()):
+        raise BilafError(f"sample {removed} is not one of the picks; only a pick can be removed")
+    blocked = np.zeros(n, dtype=bool)
+    blocked[picks] = True
+    if exclude is not None:
+        blocked[check_indices(np.asarray(exclude).reshape(-1), n, what="exclude")] = True
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if labels.shape[0] != n:
+            raise BilafError(f"labels cover {labels.shape[0]} samples but the pool has {n}")
+        blocked |= labels != labels[removed]
+    centre = rows_of(features, np.array([removed]), space)
+    k = int(min(n_neighbours, max(n - int(blocked.sum()), 0)))
+    neighbours = []
+    if k > 0:
+        _, ids, dists = _nearest_in_pool(features, centre, np.zeros(1), space=space, examples=k, exclude=blocked)
+        neighbours = [{"index": int(i), "distance": float(d)} for i, d in zip(ids[0], dists[0]) if i >= 0 and np.isfinite(d)]
+
+    remaining = picks[picks != removed]
+    gap = None
+    if remaining.size:
+        if coverage is not None:
+            distance, nearest = (np.array(a, copy=True) for a in coverage)
+            stale = np.flatnonzero(nearest == removed)
+            if stale.size:
+                d, near = _nearest_among(features, stale, remaining, space)
+                distance[stale], nearest[stale] = d, near
+        else:
+            distance, nearest = nearest_pick(features, remaining, space=space)
+        if density is None:
+            density = pool_density(features, space=space, seed=seed)
+        gaps = find_gaps(features, distance, nearest, density, n_gaps=1, space=space)
+        gap = gaps[0] if gaps else None
+    return {"removed": removed, "neighbours": neighbours, "gap": gap}
+
+
+def _nearest_among(features, rows: np.ndarray, picks: np.ndarray, space: str):
+    """Exact nearest pick (pool index) and distance for the pool rows `rows`."""
+    index = _ops.flat_index(features.shape[1])
+    index.add(rows_of(features, picks, space))
+    d2, ids = index.search(rows_of(features, rows, space), 1)
+    return np.sqrt(np.maximum(d2[:, 0], 0)).astype(np.float32), picks[ids[:, 0]]
+
+
+def rerun_keeping_edits(method: str, features: Any, budget: int | str, *, kept: Any, removed: Any = None,
+                        exclude: Any = None, seed: int = 0, progress: ProgressFn | None = None, **options):
+    """Run `method` again within `budget`, keeping the user's edits: the picks `kept` are
+    included (they count against the budget) and the `removed` ones — with any other `exclude` —
+    are never picked.  Returns the new :class:`~bilaf_core.selection.Selection`; its diagnostics
+    carry ``include_indices`` / ``exclude_indices`` for the child record."""
+    from .selection import run_selection
+
+    parts = [np.asarray(x, dtype=np.int64).reshape(-1) for x in (removed, exclude) if x is not None]
+    never = np.unique(np.concatenate(parts)) if parts else None
+    return run_selection(method, features, budget, seed=seed, progress=progress,
+                         include=np.asarray(kept, dtype=np.int64).reshape(-1), exclude=never, **options)
