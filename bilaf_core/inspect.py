@@ -54,7 +54,7 @@ DEFAULT_GAPS = 10
 #: density = 1 / mean distance to this many nearest samples of the reference sample
 DEFAULT_DENSITY_NEIGHBORS = 10
 #: pool samples (seeded uniform) the density is measured against; the whole pool when smaller
-DEFAULT_DENSITY_REFERENCE = 2048
+DEFAULT_DENSITY_REFERENCE = 1024
 #: top-scoring samples considered when de-duplicating gaps into regions
 GAP_CANDIDATES = 4096
 #: pool samples of each gap listed nearest-first (the app's thumbnail strip)
@@ -63,6 +63,9 @@ GAP_EXAMPLES = 8
 LABEL_DIAGNOSTICS = ("cluster", "assignment", "pseudo_label")
 #: pool rows per chunk: 65 536 x 768 float32 = 192 MB
 CHUNK = 65536
+#: pools up to this size are L2-normalised once and held (saves a normalising pass per search);
+#: larger ones are normalised chunk by chunk as they stream
+PREPARED_BYTES = 2 * 1024**3
 
 ProgressFn = Callable[[float, str], None]
 
@@ -190,33 +193,79 @@ def near_duplicate_pairs(features: np.ndarray, picks: np.ndarray, threshold: flo
     return [[int(lo[k]), int(hi[k]), float(dist[k])] for k in order]
 
 
+class PoolDensity:
+    """Density of pool samples, computed on demand: 1 / mean distance to the `neighbors`
+    nearest samples of a seeded uniform reference sample of `reference` pool samples (a sample
+    never counts itself), scaled so that the reference sample's median density is 1.  With a
+    pool no larger than `reference` this is the exact k-nearest-neighbour density.
+
+    Only gap candidates need a density (samples at least the median distance from any pick), so
+    rows are computed when first asked for (``at(rows)``) and kept; that halves the work on a
+    typical pool compared with the whole pool up front.
+    """
+
+    def __init__(self, features: np.ndarray, *, space: str = "normalized", neighbors: int = DEFAULT_DENSITY_NEIGHBORS,
+                 reference: int = DEFAULT_DENSITY_REFERENCE, seed: int = 0, chunk: int = CHUNK):
+        _check_space(space)
+        n = features.shape[0]
+        self.features, self.space, self.chunk = features, space, chunk
+        self.reference = np.arange(n) if n <= reference else np.sort(np.random.default_rng(seed).choice(n, reference, replace=False))
+        self.neighbors = int(max(1, min(neighbors, self.reference.size - 1)))
+        self._position = np.full(n, -1, dtype=np.int64)
+        self._position[self.reference] = np.arange(self.reference.size)
+        self._values = np.full(n, np.nan, dtype=np.float32)
+        self._index = None
+        self._scale = 1.0
+        self.seconds = 0.0  # time spent so far (index building and searches)
+        if n >= 2:
+            self._index = _ops.flat_index(features.shape[1])
+            self._index.add(rows_of(features, self.reference, space))
+            raw = self._raw(self.reference)
+            self._scale = float(np.median(raw))
+            self._values[self.reference] = raw / self._scale
+        else:
+            self._values[:] = 1.0
+
+    def _raw(self, rows: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self._search(rows)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _search(self, rows: np.ndarray) -> np.ndarray:
+        k = self.neighbors
+        out = np.empty(rows.size, dtype=np.float64)
+        for start in range(0, rows.size, self.chunk):
+            part = rows[start : start + self.chunk]
+            d2, ids = self._index.search(rows_of(self.features, part, self.space), k + 1)
+            d = np.sqrt(np.maximum(d2, 0)).astype(np.float64)
+            # drop the sample itself when it is in the reference, else the (k+1)-th neighbour
+            own = ids == self._position[part, None]
+            drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+            d[np.arange(d.shape[0]), drop] = np.nan
+            out[start : start + part.size] = 1.0 / np.maximum(np.nanmean(d, axis=1), 1e-12)
+        return out
+
+    def at(self, rows: np.ndarray) -> np.ndarray:
+        """Densities of the pool samples `rows` (computed now when not known yet)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        missing = np.unique(rows[np.isnan(self._values[rows])])
+        if missing.size:
+            self._values[missing] = self._raw(missing) / self._scale
+        return self._values[rows]
+
+    @property
+    def values(self) -> np.ndarray:
+        """(N,) float32: the densities computed so far, NaN elsewhere."""
+        return self._values
+
+
 def pool_density(features: np.ndarray, *, space: str = "normalized", neighbors: int = DEFAULT_DENSITY_NEIGHBORS,
                  reference: int = DEFAULT_DENSITY_REFERENCE, seed: int = 0, chunk: int = CHUNK) -> np.ndarray:
-    """Density of every pool sample: 1 / mean distance to its `neighbors` nearest samples of a
-    seeded uniform reference sample of `reference` pool samples (a sample never counts itself),
-    scaled so that the median is 1.  With a pool no larger than `reference` this is the exact
-    k-nearest-neighbour density."""
-    _check_space(space)
-    n = features.shape[0]
-    if n < 2:
-        return np.ones(n, dtype=np.float32)
-    ref = np.arange(n) if n <= reference else np.sort(np.random.default_rng(seed).choice(n, reference, replace=False))
-    k = int(min(neighbors, ref.size - 1))
-    index = _ops.flat_index(features.shape[1])
-    index.add(rows_of(features, ref, space))
-    position_in_ref = np.full(n, -1, dtype=np.int64)
-    position_in_ref[ref] = np.arange(ref.size)
-    mean_dist = np.empty(n, dtype=np.float64)
-    for start, block in pool_chunks(features, space, chunk):
-        d2, ids = index.search(block, k + 1)
-        d = np.sqrt(np.maximum(d2, 0)).astype(np.float64)
-        # drop the sample itself when it is in the reference, else the (k+1)-th neighbour
-        own = ids == position_in_ref[start : start + block.shape[0], None]
-        drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
-        d[np.arange(d.shape[0]), drop] = np.nan
-        mean_dist[start : start + block.shape[0]] = np.nanmean(d, axis=1)
-    density = 1.0 / np.maximum(mean_dist, 1e-12)
-    return (density / np.median(density)).astype(np.float32)
+    """`PoolDensity` of every pool sample, (N,) float32 (the reference sample's median is 1)."""
+    density = PoolDensity(features, space=space, neighbors=neighbors, reference=reference, seed=seed, chunk=chunk)
+    return density.at(np.arange(features.shape[0]))
 
 
 def _nearest_in_pool(features, centres: np.ndarray, radii: np.ndarray, *, space: str, examples: int,
@@ -233,33 +282,45 @@ def _nearest_in_pool(features, centres: np.ndarray, radii: np.ndarray, *, space:
         counts += (d <= radii[:, None]).sum(axis=1)
         if exclude is not None:
             d[:, exclude[start : start + block.shape[0]]] = np.inf
-        ids = np.broadcast_to(np.arange(start, start + block.shape[0]), d.shape)
-        merged_d = np.concatenate([best_d, d], axis=1)
-        merged_i = np.concatenate([best_i, ids], axis=1)
-        top = np.argsort(merged_d, axis=1, kind="stable")[:, :examples]
+        m = min(examples, d.shape[1])
+        part = np.argpartition(d, m - 1, axis=1)[:, :m] if m < d.shape[1] else np.broadcast_to(np.arange(m), (g, m))
+        merged_d = np.concatenate([best_d, np.take_along_axis(d, part, axis=1)], axis=1)
+        merged_i = np.concatenate([best_i, part + start], axis=1)
+        # nearest first; ties: the lower pool index
+        top = np.lexsort((merged_i, merged_d), axis=1)[:, :examples]
         best_d = np.take_along_axis(merged_d, top, axis=1)
         best_i = np.take_along_axis(merged_i, top, axis=1)
     return counts, best_i, best_d
 
 
-def find_gaps(features: np.ndarray, distance: np.ndarray, nearest: np.ndarray, density: np.ndarray, *,
+def find_gaps(features: np.ndarray, distance: np.ndarray, nearest: np.ndarray, density, *,
               n_gaps: int = DEFAULT_GAPS, space: str = "normalized", candidates: int = GAP_CANDIDATES,
               examples: int = GAP_EXAMPLES, chunk: int = CHUNK) -> list[dict]:
     """The densest regions of the pool with no pick nearby.
 
-    Every sample scores density × distance to its nearest pick (picks score 0).  The
-    `candidates` best are de-duplicated greedily: the best remaining one becomes a region's
-    representative, and the region is the ball around it of radius half its distance to its
-    nearest pick (every member is then at least that far from any pick); candidates inside the
-    ball are dropped.  Regions are returned largest first (pool samples in the ball; ties: higher
-    score), each as a dict: ``representative``, ``distance_to_nearest_pick``, ``nearest_pick``,
-    ``density`` (1 = the pool's median), ``score``, ``radius``, ``size`` and ``examples`` (up to
-    `examples` pool samples nearest the representative, itself first).
+    A sample can be in a gap only if it is at least the median distance from any pick (the
+    better-covered half of the pool is not searched).  Those samples score density × distance
+    to their nearest pick; the `candidates` best are de-duplicated greedily: the best remaining
+    one becomes a region's representative, and the region is the ball around it of radius half
+    its distance to its nearest pick (every member is then at least that far from any pick);
+    candidates inside the ball are dropped.  Regions are returned largest first (pool samples in
+    the ball; ties: higher score), each as a dict: ``representative``,
+    ``distance_to_nearest_pick``, ``nearest_pick``, ``density`` (1 = the median of the density
+    reference sample), ``score``, ``radius``, ``size`` and ``examples`` (up to `examples` pool
+    samples nearest the representative, itself first).
+
+    `density` is a `PoolDensity` (rows computed on demand) or an (N,) array.
     """
     _check_space(space)
-    score = np.asarray(density, dtype=np.float64) * np.asarray(distance, dtype=np.float64)
-    positive = np.flatnonzero(score > 0)
-    if positive.size == 0 or n_gaps <= 0:
+    distance = np.asarray(distance, dtype=np.float64)
+    density_at = density.at if isinstance(density, PoolDensity) else (lambda rows: np.asarray(density)[rows])
+    far = np.flatnonzero((distance >= np.median(distance)) & (distance > 0))
+    if far.size == 0 or n_gaps <= 0:
+        return []
+    score = np.zeros(distance.size, dtype=np.float64)
+    score[far] = density_at(far).astype(np.float64) * distance[far]
+    positive = far[score[far] > 0]
+    if positive.size == 0:
         return []
     t = min(candidates, positive.size)
     cand = positive[np.argpartition(-score[positive], t - 1)[:t]] if t < positive.size else positive
@@ -289,7 +350,7 @@ def find_gaps(features: np.ndarray, distance: np.ndarray, nearest: np.ndarray, d
             "representative": int(idx),
             "distance_to_nearest_pick": float(distance[idx]),
             "nearest_pick": int(nearest[idx]),
-            "density": float(density[idx]),
+            "density": float(density_at(np.array([idx]))[0]),
             "score": float(score[idx]),
             "radius": float(radii[r]),
             "size": int(counts[r]),
@@ -349,12 +410,12 @@ def overlap_matrices(picks_list: Sequence[np.ndarray]):
 class InspectResult:
     """``report``: the JSON-able report (see the module docstring); ``coverage`` (S, N) float32:
     distance of every pool sample to the nearest pick of each selection; ``nearest`` (S, N)
-    int64: that pick; ``density`` (N,) float32 (median 1)."""
+    int64: that pick; ``density``: the `PoolDensity` used (reuse it for `suggest_replacements`)."""
 
     report: dict
     coverage: np.ndarray
     nearest: np.ndarray
-    density: np.ndarray
+    density: "PoolDensity"
 
 
 def labels_from_diagnostics(diagnostics: dict | None) -> tuple[str, np.ndarray] | None:
@@ -428,10 +489,17 @@ def inspect_selections(
         raise BilafError(f"--duplicate-threshold must be a distance >= 0; got {duplicate_threshold}")
     timings["validate"] = time.perf_counter() - started
 
-    t = time.perf_counter()
-    report_progress(0.0, "pool density")
-    density = pool_density(features, space=space, neighbors=density_neighbors, reference=density_reference, seed=seed)
-    timings["density"] = time.perf_counter() - t
+    # Every pass below reads the pool; normalise it once when the copy is small enough to hold.
+    work, work_space = features, space
+    if space == "normalized" and n * dim * 4 <= PREPARED_BYTES:
+        t = time.perf_counter()
+        work = np.empty((n, dim), dtype=np.float32)
+        for start, block in pool_chunks(features, space):
+            work[start : start + block.shape[0]] = block
+        work_space = "raw"  # already normalised
+        timings["normalise"] = time.perf_counter() - t
+    report_progress(0.05, "pool density")
+    density = PoolDensity(work, space=work_space, neighbors=density_neighbors, reference=density_reference, seed=seed)
 
     coverage = np.empty((len(checked), n), dtype=np.float32)
     nearest = np.empty((len(checked), n), dtype=np.int64)
@@ -440,15 +508,17 @@ def inspect_selections(
         base = 0.1 + 0.85 * s / len(checked)
         report_progress(base, f"{name}: coverage")
         t = time.perf_counter()
-        coverage[s], nearest[s] = nearest_pick(features, picks, space=space)
+        coverage[s], nearest[s] = nearest_pick(work, picks, space=work_space)
         timings["coverage"] = timings.get("coverage", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         duplicates = near_duplicate_pairs(features, picks, threshold, space=space)
         timings["near_duplicates"] = timings.get("near_duplicates", 0.0) + time.perf_counter() - t
         report_progress(base + 0.5 * 0.85 / len(checked), f"{name}: gaps")
         t = time.perf_counter()
-        gaps = find_gaps(features, coverage[s], nearest[s], density, n_gaps=n_gaps, space=space)
-        timings["gaps"] = timings.get("gaps", 0.0) + time.perf_counter() - t
+        density_before = density.seconds
+        gaps = find_gaps(work, coverage[s], nearest[s], density, n_gaps=n_gaps, space=work_space)
+        # the densities the gaps asked for are counted under "density", the rest under "gaps"
+        timings["gaps"] = timings.get("gaps", 0.0) + time.perf_counter() - t - (density.seconds - density_before)
         entry = {
             "name": name,
             "budget": int(picks.size),
@@ -459,13 +529,15 @@ def inspect_selections(
         }
         selections.append(entry)
     shared, jaccard = overlap_matrices(checked)
+    timings["density"] = density.seconds
     timings["total"] = time.perf_counter() - started
     report = {
         "n_pool": int(n),
         "dim": int(dim),
         "space": space,
         "duplicate_threshold": threshold,
-        "density": {"neighbors": int(density_neighbors), "reference": int(min(density_reference, n)), "seed": int(seed)},
+        "density": {"neighbors": density.neighbors, "reference": int(density.reference.size), "seed": int(seed),
+                    "rows_computed": int(np.count_nonzero(~np.isnan(density.values)))},
         "selections": selections,
         "overlap": {"names": list(names), "shared": shared, "jaccard": jaccard},
         "timings": timings,
@@ -489,7 +561,7 @@ def suggest_replacements(
     exclude: Any = None,
     space: str = "normalized",
     coverage: tuple[np.ndarray, np.ndarray] | None = None,
-    density: np.ndarray | None = None,
+    density: "PoolDensity | np.ndarray | None" = None,
     seed: int = 0,
 ) -> dict:
     """Replacements for the pick `removed`.
@@ -538,7 +610,7 @@ def suggest_replacements(
         else:
             distance, nearest = nearest_pick(features, remaining, space=space)
         if density is None:
-            density = pool_density(features, space=space, seed=seed)
+            density = PoolDensity(features, space=space, seed=seed)
         gaps = find_gaps(features, distance, nearest, density, n_gaps=1, space=space)
         gap = gaps[0] if gaps else None
     return {"removed": removed, "neighbours": neighbours, "gap": gap}
