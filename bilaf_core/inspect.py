@@ -278,7 +278,8 @@ def _nearest_in_pool(features, centres: np.ndarray, radii: np.ndarray, *, space:
     best_i = np.full((g, examples), -1, dtype=np.int64)
     c_sq = _ops.sq_norms(centres)
     for start, block in pool_chunks(features, space, chunk):
-        d = _ops.pairwise_dist(centres, block, a_sq=c_sq).astype(np.float64)
+        # float32 row norms: a float64 accumulation costs more than the product itself here
+        d = _ops.pairwise_dist(centres, block, a_sq=c_sq, b_sq=np.einsum("ij,ij->i", block, block)).astype(np.float64)
         counts += (d <= radii[:, None]).sum(axis=1)
         if exclude is not None:
             d[:, exclude[start : start + block.shape[0]]] = np.inf
@@ -410,12 +411,30 @@ def overlap_matrices(picks_list: Sequence[np.ndarray]):
 class InspectResult:
     """``report``: the JSON-able report (see the module docstring); ``coverage`` (S, N) float32:
     distance of every pool sample to the nearest pick of each selection; ``nearest`` (S, N)
-    int64: that pick; ``density``: the `PoolDensity` used (reuse it for `suggest_replacements`)."""
+    int64: that pick; ``density``: the `PoolDensity` used; ``pool`` / ``pool_space``: the
+    prepared pool — pass all of them to `suggest_replacements` to answer a click fast."""
 
     report: dict
     coverage: np.ndarray
     nearest: np.ndarray
     density: "PoolDensity"
+    #: the pool as the searches read it and the space to pass with it (see `prepared_pool`)
+    pool: np.ndarray = None
+    pool_space: str = "normalized"
+
+
+def prepared_pool(features: np.ndarray, space: str = "normalized") -> tuple[np.ndarray, str]:
+    """``(pool, space)`` to pass to the searches: for ``"normalized"`` a pool up to
+    ``PREPARED_BYTES`` is L2-normalised once into memory and returned with ``"raw"`` (it needs no
+    more normalising); anything else is returned as it is, to be normalised chunk by chunk."""
+    _check_space(space)
+    n, dim = features.shape
+    if space != "normalized" or n * dim * 4 > PREPARED_BYTES:
+        return features, space
+    work = np.empty((n, dim), dtype=np.float32)
+    for start, block in pool_chunks(features, space):
+        work[start : start + block.shape[0]] = block
+    return work, "raw"
 
 
 def labels_from_diagnostics(diagnostics: dict | None) -> tuple[str, np.ndarray] | None:
@@ -490,14 +509,9 @@ def inspect_selections(
     timings["validate"] = time.perf_counter() - started
 
     # Every pass below reads the pool; normalise it once when the copy is small enough to hold.
-    work, work_space = features, space
-    if space == "normalized" and n * dim * 4 <= PREPARED_BYTES:
-        t = time.perf_counter()
-        work = np.empty((n, dim), dtype=np.float32)
-        for start, block in pool_chunks(features, space):
-            work[start : start + block.shape[0]] = block
-        work_space = "raw"  # already normalised
-        timings["normalise"] = time.perf_counter() - t
+    t = time.perf_counter()
+    work, work_space = prepared_pool(features, space)
+    timings["normalise"] = time.perf_counter() - t
     report_progress(0.05, "pool density")
     density = PoolDensity(work, space=work_space, neighbors=density_neighbors, reference=density_reference, seed=seed)
 
@@ -543,7 +557,7 @@ def inspect_selections(
         "timings": timings,
     }
     report_progress(1.0, "done")
-    return InspectResult(report=report, coverage=coverage, nearest=nearest, density=density)
+    return InspectResult(report=report, coverage=coverage, nearest=nearest, density=density, pool=work, pool_space=work_space)
 
 
 # ---------------------------------------------------------------------------------------------

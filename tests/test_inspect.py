@@ -112,6 +112,22 @@ def test_chunked_search_equals_one_pass():
     assert (n1 == n2).all()
 
 
+def test_streaming_a_memory_mapped_pool_gives_the_same_report(tmp_path, monkeypatch, planted):
+    """Pools too large to normalise in memory are read chunk by chunk from the .npy."""
+    import bilaf_core.inspect as inspect_module
+
+    x, blob, with_dups, without = planted
+    np.save(tmp_path / "F.npy", x)
+    held = inspect_selections(x, [with_dups, without], labels=[blob, blob])
+    monkeypatch.setattr(inspect_module, "PREPARED_BYTES", 0)
+    streamed = inspect_selections(np.load(tmp_path / "F.npy", mmap_mode="r"), [with_dups, without], labels=[blob, blob])
+    assert streamed.pool_space == "normalized" and held.pool_space == "raw"
+    np.testing.assert_allclose(streamed.coverage, held.coverage, atol=1e-6)
+    for a, b in zip(streamed.report["selections"], held.report["selections"]):
+        assert a["near_duplicates"] == b["near_duplicates"] and a["pseudo_classes"] == b["pseudo_classes"]
+        assert [g["representative"] for g in a["gaps"]] == [g["representative"] for g in b["gaps"]]
+
+
 def test_overlap_on_hand_made_picks():
     shared, jaccard = overlap_matrices([[1, 2, 3, 4], [3, 4, 5], [10]])
     assert shared == [[4, 2, 0], [2, 3, 0], [0, 0, 1]]
@@ -172,9 +188,10 @@ def test_replacements_nearest_unpicked_in_the_same_class_and_the_gap():
     assert blob[out["gap"]["representative"]] == 2
     # reusing the current coverage gives the same answer
     result = inspect_selections(x, [picks])
-    again = suggest_replacements(x, picks, 300, labels=blob, n_neighbours=4,
+    again = suggest_replacements(result.pool, picks, 300, labels=blob, n_neighbours=4, space=result.pool_space,
                                  coverage=(result.coverage[0], result.nearest[0]), density=result.density)
-    assert again == out
+    assert [n["index"] for n in again["neighbours"]] == [n["index"] for n in out["neighbours"]]
+    assert again["gap"]["representative"] == out["gap"]["representative"]
     with pytest.raises(BilafError, match="not one of the picks"):
         suggest_replacements(x, picks, 7)
 
