@@ -215,8 +215,8 @@ def _match_centroids(torch, feats, centroids, chunk_rows, top: int = 16, *, incl
     Constraints: `blocked` (N,) bool samples are never taken (``--exclude``, and the includes
     themselves); each of `include` first claims a centroid — the most similar (include, centroid)
     pair first — and stands as that centroid's pick, so it replaces the part of the
-    distribution it represents.  With the same seed, a re-run that includes some earlier picks
-    and excludes others gives the kept picks back on their own centroids.
+    distribution it represents.  With the same seed (same centroids), a re-run that includes
+    some earlier picks and excludes others normally gives each kept pick back its own centroid.
     """
     n = feats.shape[0]
     budget = centroids.shape[0]
