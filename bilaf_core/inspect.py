@@ -7,9 +7,9 @@ computes per selection
   mean / p50 / p95 / max (the per-sample array is returned for the map and written as .npy);
 * ``near_duplicates`` — pairs of picks closer than a threshold (exact distances);
 * ``gaps`` — the densest regions of the pool with no pick nearby: pool samples ranked by
-  density × distance to the nearest pick, de-duplicated into regions (each a ball around a
-  representative sample, half as wide as the representative's distance to its nearest pick), then
-  ordered by how many pool samples the region holds;
+  density × distance to the nearest pick, de-duplicated into regions (a region = the samples
+  closer to its representative than to their own nearest pick, i.e. what one pick there would
+  serve better), ordered by how many pool samples the region holds;
 * ``pseudo_classes`` — picks against members per pseudo-class / cluster, when labels are given
   (a selection's own ``cluster`` / ``assignment`` / ``pseudo_label`` diagnostics, or one
   labelling for all);
@@ -268,29 +268,38 @@ def pool_density(features: np.ndarray, *, space: str = "normalized", neighbors: 
     return density.at(np.arange(features.shape[0]))
 
 
-def _nearest_in_pool(features, centres: np.ndarray, radii: np.ndarray, *, space: str, examples: int,
-                     exclude: np.ndarray | None = None, chunk: int = CHUNK):
-    """For each centre row: how many pool samples lie within its radius, and its `examples`
-    nearest pool samples (not `exclude`d) as (indices, distances), nearest first."""
+def _scan_pool(features, centres: np.ndarray, *, space: str, examples: int, limit: np.ndarray | None = None,
+               exclude: np.ndarray | None = None, chunk: int = CHUNK):
+    """One pass over the pool for a few centre rows.
+
+    Returns ``(counts (G,), indices (G, examples), distances (G, examples))``: with `limit`
+    (N,), how many pool samples x lie closer to each centre than ``limit[x]``, and the
+    `examples` nearest pool samples of each centre among those (all samples without `limit`),
+    never an `exclude`d one (N,) bool; nearest first, ties to the lower index, −1/inf padding.
+    """
     g = centres.shape[0]
     counts = np.zeros(g, dtype=np.int64)
     best_d = np.full((g, examples), np.inf, dtype=np.float64)
     best_i = np.full((g, examples), -1, dtype=np.int64)
     c_sq = _ops.sq_norms(centres)
     for start, block in pool_chunks(features, space, chunk):
+        rows = slice(start, start + block.shape[0])
         # float32 row norms: a float64 accumulation costs more than the product itself here
         d = _ops.pairwise_dist(centres, block, a_sq=c_sq, b_sq=np.einsum("ij,ij->i", block, block)).astype(np.float64)
-        counts += (d <= radii[:, None]).sum(axis=1)
+        if limit is not None:
+            inside = d < limit[rows][None, :]
+            counts += inside.sum(axis=1)
+            d[~inside] = np.inf
         if exclude is not None:
-            d[:, exclude[start : start + block.shape[0]]] = np.inf
+            d[:, exclude[rows]] = np.inf
         m = min(examples, d.shape[1])
         part = np.argpartition(d, m - 1, axis=1)[:, :m] if m < d.shape[1] else np.broadcast_to(np.arange(m), (g, m))
         merged_d = np.concatenate([best_d, np.take_along_axis(d, part, axis=1)], axis=1)
         merged_i = np.concatenate([best_i, part + start], axis=1)
-        # nearest first; ties: the lower pool index
-        top = np.lexsort((merged_i, merged_d), axis=1)[:, :examples]
+        top = np.lexsort((merged_i, merged_d), axis=1)[:, :examples]  # nearest first; ties: lower index
         best_d = np.take_along_axis(merged_d, top, axis=1)
         best_i = np.take_along_axis(merged_i, top, axis=1)
+    best_i[~np.isfinite(best_d)] = -1
     return counts, best_i, best_d
 
 
@@ -299,16 +308,18 @@ def find_gaps(features: np.ndarray, distance: np.ndarray, nearest: np.ndarray, d
               examples: int = GAP_EXAMPLES, chunk: int = CHUNK) -> list[dict]:
     """The densest regions of the pool with no pick nearby.
 
-    A sample can be in a gap only if it is at least the median distance from any pick (the
+    A gap's *region* is the set of pool samples that lie closer to its representative than to
+    their own nearest pick — the samples a pick at the representative would serve better, so its
+    ``size`` is what adding that one pick would fix.
+
+    A sample can represent a gap only if it is at least the median distance from any pick (the
     better-covered half of the pool is not searched).  Those samples score density × distance
     to their nearest pick; the `candidates` best are de-duplicated greedily: the best remaining
-    one becomes a region's representative, and the region is the ball around it of radius half
-    its distance to its nearest pick (every member is then at least that far from any pick);
-    candidates inside the ball are dropped.  Regions are returned largest first (pool samples in
-    the ball; ties: higher score), each as a dict: ``representative``,
+    one becomes a representative and the candidates inside its region are dropped.  Regions are
+    returned largest first (ties: higher score), each as a dict: ``representative``,
     ``distance_to_nearest_pick``, ``nearest_pick``, ``density`` (1 = the median of the density
-    reference sample), ``score``, ``radius``, ``size`` and ``examples`` (up to `examples` pool
-    samples nearest the representative, itself first).
+    reference sample), ``score``, ``size`` and ``examples`` (up to `examples` members nearest the
+    representative, itself first).  Regions of different gaps may share samples.
 
     `density` is a `PoolDensity` (rows computed on demand) or an (N,) array.
     """
@@ -329,32 +340,26 @@ def find_gaps(features: np.ndarray, distance: np.ndarray, nearest: np.ndarray, d
     xc = rows_of(features, cand, space)
     xc_sq = _ops.sq_norms(xc)
     alive = np.ones(cand.size, dtype=bool)
-    reps, radii = [], []
+    reps = []
     while len(reps) < n_gaps and alive.any():
         p = int(np.argmax(alive))  # best alive (cand is sorted by score)
-        radius = 0.5 * float(distance[cand[p]])
         d = _ops.pairwise_dist(xc[p : p + 1], xc, a_sq=xc_sq[p : p + 1], b_sq=xc_sq)[0]
-        alive &= d > radius
+        alive &= d >= distance[cand]  # drop the candidates inside this region
         alive[p] = False
         reps.append(p)
-        radii.append(radius)
     rep_ids = cand[np.asarray(reps)]
-    radii = np.asarray(radii, dtype=np.float64)
-    counts, ex_i, _ = _nearest_in_pool(features, xc[np.asarray(reps)], radii, space=space,
-                                       examples=int(min(examples, features.shape[0])), chunk=chunk)
+    counts, ex_i, _ = _scan_pool(features, xc[np.asarray(reps)], space=space, limit=distance,
+                                 examples=int(min(examples, features.shape[0])), chunk=chunk)
     gaps = []
     for r, idx in enumerate(rep_ids):
-        members = [int(i) for i in ex_i[r] if i >= 0]
-        if int(idx) in members:  # the representative first (an exact duplicate may tie with it)
-            members.remove(int(idx))
+        members = [int(i) for i in ex_i[r] if i >= 0 and i != idx]  # the representative goes first
         gaps.append({
             "representative": int(idx),
             "distance_to_nearest_pick": float(distance[idx]),
             "nearest_pick": int(nearest[idx]),
             "density": float(density_at(np.array([idx]))[0]),
             "score": float(score[idx]),
-            "radius": float(radii[r]),
-            "size": int(counts[r]),
+            "size": int(max(counts[r], 1)),
             "examples": [int(idx)] + members[: max(0, examples - 1)],
         })
     gaps.sort(key=lambda gap: (-gap["size"], -gap["score"], gap["representative"]))
@@ -609,7 +614,7 @@ def suggest_replacements(
     k = int(min(n_neighbours, max(n - int(blocked.sum()), 0)))
     neighbours = []
     if k > 0:
-        _, ids, dists = _nearest_in_pool(features, centre, np.zeros(1), space=space, examples=k, exclude=blocked)
+        _, ids, dists = _scan_pool(features, centre, space=space, examples=k, exclude=blocked)
         neighbours = [{"index": int(i), "distance": float(d)} for i, d in zip(ids[0], dists[0]) if i >= 0 and np.isfinite(d)]
 
     remaining = picks[picks != removed]

@@ -149,10 +149,16 @@ def test_the_largest_gap_is_the_blob_without_picks():
     assert [g["rank"] for g in gaps] == list(range(1, len(gaps) + 1))
     sizes = [g["size"] for g in gaps]
     assert sizes == sorted(sizes, reverse=True)
-    # regions are de-duplicated: no representative lies inside another's region
+    # a region = the samples closer to its representative than to their nearest pick: recount it
     xn = _normalized(x)
-    for a, b in itertools.combinations(gaps, 2):
-        assert np.linalg.norm(xn[a["representative"]] - xn[b["representative"]]) > min(a["radius"], b["radius"])
+    cover = np.linalg.norm(xn[:, None] - xn[picks][None], axis=2).min(axis=1)
+    for gap in gaps:
+        to_rep = np.linalg.norm(xn - xn[gap["representative"]], axis=1)
+        assert abs(gap["size"] - int((to_rep < cover).sum())) <= 1  # float32 rounding at the border
+        assert all(to_rep[i] < cover[i] + 1e-5 for i in gap["examples"])
+    # de-duplicated: a representative never lies inside the region of a better-scoring one
+    for a, b in itertools.combinations(sorted(gaps, key=lambda g: -g["score"]), 2):
+        assert np.linalg.norm(xn[b["representative"]] - xn[a["representative"]]) >= cover[b["representative"]] - 1e-5
 
 
 def test_density_is_exact_knn_on_small_pools():
