@@ -240,3 +240,23 @@ def test_help_says_how_each_method_treats_include(capsys):
     for name in available_methods():
         rule = " ".join(get_method(name).include_rule.split())
         assert f"{name}: {rule}" in text
+
+
+def test_bilaf_constraints_with_kept_plans_give_the_same_picks():
+    """The app keeps BiLAF's budget-independent plan between runs; constrained runs must give the
+    same picks whether the plan is fresh, kept, or not kept at all."""
+    from bilaf_core.selection import bilaf
+
+    x, _ = _blobs()
+    cores = [0, 30, 60, 90, 120]
+    kwargs = dict(core_indices=cores, include=[1, 31, 32], exclude=[2, 3, 61, 62, 63])
+    plain = run_selection("bilaf", x, 20, **kwargs).to_list()
+    try:
+        bilaf.keep_plans()
+        fresh = run_selection("bilaf", x, 20, **kwargs).to_list()
+        kept = run_selection("bilaf", x, 20, **kwargs).to_list()
+        other_budget = run_selection("bilaf", x, 25, **kwargs).to_list()
+    finally:
+        bilaf.keep_plans(0)
+    assert plain == fresh == kept
+    assert other_budget == run_selection("bilaf", x, 25, **kwargs).to_list()
