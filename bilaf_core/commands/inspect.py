@@ -95,11 +95,14 @@ def _load_picks(value: str):
         if diagnostics.is_file():
             import numpy as np
 
-            from ..inspect import LABEL_DIAGNOSTICS
+            from ..inspect import LABEL_DIAGNOSTICS, labels_from_diagnostics
 
-            with np.load(diagnostics, allow_pickle=False) as npz:
-                key = next((k for k in LABEL_DIAGNOSTICS if k in npz.files), None)
-                labels = None if key is None else npz[key].astype(np.int64)
+            try:
+                with np.load(diagnostics, allow_pickle=False) as npz:
+                    found = labels_from_diagnostics({k: npz[k] for k in LABEL_DIAGNOSTICS if k in npz.files})
+            except Exception as exc:
+                raise BilafError(f"{diagnostics} is not a readable .npz ({exc}); run the selection again") from None
+            labels = None if found is None else found[1]
         return path.name, picks, labels
     return value, load_indices_file(path, what="--picks file"), None
 
