@@ -108,8 +108,6 @@ def _load_picks(value: str):
 
 
 def run(args) -> int:
-    import numpy as np
-
     from ..atomic import atomic_save_npy, atomic_write_json, jsonable
     from ..errors import BilafError
     from ..inspect import inspect_selections
