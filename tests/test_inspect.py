@@ -310,3 +310,23 @@ def test_cli_bad_input_exit_2(files, capsys, args, message):
 def _write(path, obj):
     path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
     return str(path)
+
+
+def test_cli_takes_a_workspace_selection_id(files, capsys):
+    from bilaf_core.selection import run_selection
+    from bilaf_core.workspace import Workspace
+
+    tmp, x, _ = files
+    folder = tmp / "fs"
+    folder.mkdir()
+    np.save(folder / "features.npy", x)
+    (folder / "meta.json").write_text(json.dumps({"n": len(x), "dim": x.shape[1]}))
+    workspace = Workspace(tmp / "ws")
+    feature_set = workspace.register_feature_set(str(folder))
+    selection = run_selection("kmeans", x, 6, seed=0)
+    selection_id = workspace.save_selection(selection, feature_set)
+    code = main(["--workspace", str(tmp / "ws"), "inspect", "--features", str(folder), "--picks", selection_id])
+    entry = json.loads(capsys.readouterr().out)["selections"][0]
+    assert code == 0 and entry["name"] == selection_id and entry["pseudo_classes"]["source"] == "diagnostics"
+    code = main(["--workspace", str(tmp / "ws"), "inspect", "--features", str(folder), "--picks", "sel-nope"])
+    assert code == 2 and "no selection 'sel-nope'" in capsys.readouterr().err

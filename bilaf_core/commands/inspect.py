@@ -26,8 +26,9 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--features", required=True, help="N x D float array (.npy) or a feature-set folder")
     parser.add_argument("--picks", required=True, action="append", metavar="PICKS",
-                        help="a picks file (JSON list of pool indices, as select writes) or a selection folder "
-                             "(picks.json + diagnostics.npz, e.g. <workspace>/selections/<id>); repeat to compare")
+                        help="a picks file (JSON list of pool indices, as select writes), a selection folder "
+                             "(picks.json + diagnostics.npz, e.g. <workspace>/selections/<id>) or a workspace selection "
+                             "id (sel-…, as `runs` lists them); repeat to compare")
     parser.add_argument("--out", metavar="REPORT.json",
                         help="write the report here and the per-sample coverage beside it (REPORT.coverage.npy); "
                              "without it the report is printed as JSON")
@@ -85,6 +86,11 @@ def _load_picks(value: str):
     from ..selection import load_indices_file
 
     path = Path(value)
+    if not path.exists() and value.startswith("sel-") and "/" not in value:
+        # a selection id of the workspace (as `runs` lists them)
+        from ..workspace import Workspace
+
+        path = Workspace().selection_files(value)["picks"].parent
     if path.is_dir():
         picks_file = path / "picks.json"
         if not picks_file.is_file():
