@@ -28,6 +28,8 @@ def add_parser(subparsers) -> None:
         "select",
         help="select a budget of samples from a feature file (BiLAF, ActiveFT or a baseline)",
         description="Select B samples from an N x D feature array.  Options a method does not take are rejected.",
+        epilog=_constraints_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--features", required=True, help="N x D float array (.npy) or a feature-set folder")
     parser.add_argument("--method", required=True, choices=available_methods(), metavar="NAME", help="one of: " + ", ".join(available_methods()))
@@ -35,6 +37,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, help="picks.json: a JSON list of pool indices in pick order")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same inputs + seed -> same picks; default 0)")
     parser.add_argument("--diagnostics", help="also write the method's diagnostics (cluster, ring level, scores…) to this .npz")
+    parser.add_argument("--exclude", metavar="FILE.json",
+                        help="JSON list of pool indices never to pick (already labelled, corrupt, off-limits); every method")
+    parser.add_argument("--include", metavar="FILE.json",
+                        help="JSON list of pool indices that must be among the picks; they count against the budget and "
+                             "the method fills the rest around them (how: see the end of this help)")
     parser.add_argument("--record", action="store_true",
                         help="also store the selection in the workspace (needs --features to be a feature-set folder); "
                              "it then shows in `runs` and in the app")
@@ -44,6 +51,25 @@ def add_parser(subparsers) -> None:
         default = "" if param.default is None else f" (default {param.default})"
         group.add_argument(param.flag, dest=f"opt_{param.name}", metavar=metavar, default=None, help=(param.help + default).replace("%", "%%"))
     parser.set_defaults(func=run)
+
+
+def _constraints_epilog() -> str:
+    """How each registered method treats --include (from the registry, so it cannot go stale)."""
+    import textwrap
+
+    from ..selection import available_methods, get_method
+
+    lines = [
+        "constraints:",
+        "  --exclude: excluded samples are never picked by any method; they stay part of the pool's data",
+        "  (clusters, densities and coverage still see them).  --include: the picks contain every include",
+        "  and B - |include| new samples; how each method builds around them:",
+    ]
+    for name in available_methods():
+        rule = get_method(name).include_rule or "does not take --include"
+        lines.append(textwrap.fill(rule, width=98, initial_indent=f"  {name}: ", subsequent_indent="      ",
+                                   break_on_hyphens=False, break_long_words=False))
+    return "\n".join(lines)
 
 
 def _load_features(path: Path):
@@ -89,7 +115,11 @@ def run(args) -> int:
             except Exception as exc:
                 raise BilafError(f"{param.flag} file {target} is not a readable .npy array ({exc})") from None
         options[name] = value
-    selection = run_selection(args.method, features, args.budget, seed=args.seed, **options)
+    constraints = {
+        name: load_indices_file(path, what=f"--{name} file")
+        for name, path in (("include", args.include), ("exclude", args.exclude)) if path is not None
+    }
+    selection = run_selection(args.method, features, args.budget, seed=args.seed, **constraints, **options)
     out = Path(args.out)
     selection.save(out, args.diagnostics)
     recorded = ""

@@ -163,6 +163,7 @@ def farthest_first(
     progress=None,
     chunk: int = DEFAULT_CHUNK,
     choose=None,
+    blocked: np.ndarray | None = None,
 ):
     """Greedy k-center / farthest-first traversal in euclidean distance.
 
@@ -182,6 +183,10 @@ def farthest_first(
 
     ``choose(min_d2) -> index`` replaces the argmax rule (``min_d2`` is −inf at centres); k-means++
     seeding passes a D²-sampler here and reuses the same pruned distance updates.
+
+    ``blocked`` (N,) bool: samples that are never picked (``--exclude``).  They still count as
+    pool samples to cover — their distances are updated and enter the cover radius — they are
+    only hidden from the choice (−inf in the array the argmax or ``choose`` sees).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
@@ -227,7 +232,8 @@ def farthest_first(
 
     step = max(1, n_picks // 100)
     for t in range(start, n_picks):
-        i = int(np.argmax(min_d2)) if choose is None else int(choose(min_d2))
+        visible = min_d2 if blocked is None else np.where(blocked, -np.inf, min_d2)
+        i = int(np.argmax(visible)) if choose is None else int(choose(visible))
         d2_at_pick[t] = min_d2[i]
         picks[t] = i
         taken[i] = True
@@ -262,6 +268,51 @@ def farthest_first(
             progress(t / n_picks)
     final = np.maximum(min_d2, 0)
     return picks, d2_at_pick, radius2, final
+
+
+def random_allowed(rng: np.random.Generator, blocked: np.ndarray) -> int:
+    """One seeded-random sample index that is not `blocked` (the same draw as
+    ``rng.integers(N)`` when nothing is blocked, so unconstrained runs keep their picks)."""
+    if not blocked.any():
+        return int(rng.integers(blocked.size))
+    allowed = np.flatnonzero(~blocked)
+    return int(allowed[rng.integers(allowed.size)])
+
+
+def constrained_initial(initial, ctx, n_pool: int, budget: int, method: str) -> np.ndarray:
+    """`resolve_initial` for a method that also takes --include/--exclude: earlier-round picks
+    (never picked again) may not be included again, and the new picks must still fit in what
+    is neither earlier, included nor excluded."""
+    from ..errors import BilafError
+
+    initial = resolve_initial(initial, n_pool, budget, method)
+    if initial.size and ctx.include.size:
+        both = np.intersect1d(initial, ctx.include)
+        if both.size:
+            raise BilafError(f"{method}: {both.size} --include indices are also --initial-indices (first: {int(both[0])}); "
+                             "earlier picks are never picked again — remove them from the include file")
+    taken = np.zeros(n_pool, dtype=bool)
+    taken[initial] = True
+    taken[ctx.exclude] = True
+    taken[ctx.include] = True
+    free = n_pool - int(taken.sum())
+    new = budget - ctx.include.size
+    if new > free:
+        raise BilafError(f"{method}: {new} new picks do not fit in the {free} samples that are neither --initial-indices, "
+                         "--include nor --exclude; lower the budget or pass fewer indices")
+    return initial
+
+
+def uncovered_clusters(assign: np.ndarray, n_clusters: int, covered_by: np.ndarray, n_wanted: int) -> np.ndarray:
+    """The `n_wanted` largest clusters (ties: lower id) that hold none of the samples
+    `covered_by` (the includes), as a sorted array of cluster ids.  With k = B clusters and
+    B − |include| wanted there are always enough: |include| samples cover at most |include|."""
+    sizes = np.bincount(assign, minlength=n_clusters)
+    free = np.ones(n_clusters, dtype=bool)
+    free[assign[covered_by]] = False
+    ids = np.flatnonzero(free)
+    ids = ids[np.lexsort((ids, -sizes[ids]))][:n_wanted]
+    return np.sort(ids)
 
 
 def ip_topk(database: np.ndarray, queries: np.ndarray, k: int, *, chunk: int = 16384):

@@ -176,7 +176,7 @@ def _activeft(torch, features, budget, ctx, dev, temperature, iterations, lr, ba
 
     with ctx.stage("match"):
         centroids = torch.nn.functional.normalize(theta.detach(), dim=1)
-        picks = _match_centroids(torch, feats, centroids, chunk_rows)
+        picks = _match_centroids(torch, feats, centroids, chunk_rows, include=ctx.include, blocked=ctx.blocked(n))
         ctx.progress(1.0, "ActiveFT matched centroids to samples")
     if reference:
         picks = np.sort(picks)
@@ -251,11 +251,17 @@ def _published_loss_grad(torch, feats, rows, centroids, temperature, balance, ch
 _LOSSES = {"published": _published_loss_grad, "paper-equation": _paper_loss_grad}
 
 
-def _match_centroids(torch, feats, centroids, chunk_rows, top: int = 16):
+def _match_centroids(torch, feats, centroids, chunk_rows, top: int = 16, *, include=None, blocked=None):
     """Each centroid in turn takes its most similar sample not taken yet (exactly B distinct).
 
     The top-`top` candidates per centroid come from a chunked top-k (no full sort of N); the
     rare centroid whose candidates are all taken falls back to one masked argmax over the pool.
+
+    Constraints: `blocked` (N,) bool samples are never taken (``--exclude``, and the includes
+    themselves); each of `include` first claims a centroid — the most similar (include, centroid)
+    pair first — and stands as that centroid's pick, so it replaces the part of the
+    distribution it represents.  With the same seed (same centroids), a re-run that includes
+    some earlier picks and excludes others normally gives each kept pick back its own centroid.
     """
     n = feats.shape[0]
     budget = centroids.shape[0]
@@ -272,9 +278,23 @@ def _match_centroids(torch, feats, centroids, chunk_rows, top: int = 16):
         best_ids = merged_ids.gather(1, pos)
     candidates = best_ids.cpu().numpy()
     scores = best_vals.cpu().numpy()
-    taken = np.zeros(n, dtype=bool)
-    picks = np.empty(budget, dtype=np.int64)
+    taken = np.zeros(n, dtype=bool) if blocked is None else blocked.copy()
+    picks = np.full(budget, -1, dtype=np.int64)
+    if include is not None and len(include):
+        sims = (feats[torch.from_numpy(np.asarray(include)).to(feats.device)] @ centroids.T).cpu().numpy()
+        order = np.argsort(-sims, axis=None, kind="stable")
+        claimed = np.zeros(len(include), dtype=bool)
+        for flat in order:  # |include| x B pairs, most similar first; each side used once
+            i, j = divmod(int(flat), budget)
+            if not claimed[i] and picks[j] < 0:
+                picks[j] = include[i]
+                claimed[i] = True
+                if claimed.all():
+                    break
+        taken[include] = True
     for j in range(budget):
+        if picks[j] >= 0:
+            continue
         order = np.lexsort((candidates[j], -scores[j]))  # ties: the lower sample index
         free = [c for c in candidates[j][order] if not taken[c]]
         if free:
@@ -292,6 +312,8 @@ def _match_centroids(torch, feats, centroids, chunk_rows, top: int = 16):
     "activeft",
     summary="ActiveFT: B centroids optimised to match the pool's feature distribution while staying diverse, each mapped to its nearest sample",
     params=ACTIVEFT_PARAMS,
+    include_rule="after the optimisation each include claims its most similar centroid (most similar pair first) and "
+                 "stands as its pick; the other centroids take their nearest free samples as usual",
 )
 def select_activeft(features, budget, ctx, **params):
     return activeft_optimize(features, budget, ctx, **params)

@@ -8,6 +8,16 @@ the budget (``500`` or ``"2%"``), checks the options against the method's declar
 (so an undeclared option — labels, for instance — is rejected), runs the method and checks that
 the result is exactly ``B`` distinct in-range indices.
 
+Constraints (one mechanism for every method): ``exclude`` — pool indices that must never be
+picked — and ``include`` — pool indices that must be among the picks and count against the
+budget.  :func:`resolve_constraints` validates them once (range, repeats, overlap, budget);
+the method reads them from ``ctx.include`` / ``ctx.exclude`` (``ctx.blocked(n)`` is the mask
+of samples that may not become *new* picks) and fills the rest of the budget around the
+includes in its own way (each method says how in ``MethodSpec.include_rule``, shown by
+``select --help``).  Excluded samples stay part of the pool's data (they shape clusters,
+densities and coverage); they are only never picked.  After the method, the result is checked:
+every include present, no exclude present.
+
 Labels are never an input to selection.
 """
 
@@ -106,6 +116,9 @@ class MethodSpec:
     fn: Callable[..., tuple[np.ndarray, dict]]
     summary: str
     params: tuple[Param, ...]
+    #: how the method fills the budget around ``include`` picks (one line, shown by `select
+    #: --help`); None: the method takes no includes.  Every method honours ``exclude``.
+    include_rule: str | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -120,13 +133,18 @@ class MethodSpec:
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, *, summary: str, params: tuple[Param, ...] | list[Param] = ()):
-    """Decorator: register ``fn(features, budget, ctx, **params) -> (indices, diagnostics)``."""
+def register_method(name: str, *, summary: str, params: tuple[Param, ...] | list[Param] = (),
+                    include_rule: str | None = None):
+    """Decorator: register ``fn(features, budget, ctx, **params) -> (indices, diagnostics)``.
+
+    The method must never return an index of ``ctx.exclude``; if it takes includes
+    (``include_rule`` says how it fills the budget around them) its B picks contain every index
+    of ``ctx.include``.  `run_selection` checks both."""
 
     def wrap(fn):
         if name in _REGISTRY:
             raise ValueError(f"selection method {name!r} registered twice")
-        _REGISTRY[name] = MethodSpec(name=name, fn=fn, summary=summary, params=tuple(params))
+        _REGISTRY[name] = MethodSpec(name=name, fn=fn, summary=summary, params=tuple(params), include_rule=include_rule)
         return fn
 
     return wrap
@@ -154,13 +172,34 @@ def get_method(name: str) -> MethodSpec:
         raise BilafError(f"unknown selection method {name!r}; known: {', '.join(_REGISTRY)}") from None
 
 
-class RunContext:
-    """What a method gets besides its data: the seed, a progress callback and a stage timer."""
+_NO_INDICES = np.empty(0, dtype=np.int64)
 
-    def __init__(self, seed: int, progress: ProgressFn | None = None):
+
+class RunContext:
+    """What a method gets besides its data: the seed, a progress callback, a stage timer and
+    the constraints: ``include`` (must be picked, counts against the budget) and ``exclude``
+    (never picked), both validated int64 arrays (empty when there are none)."""
+
+    def __init__(self, seed: int, progress: ProgressFn | None = None, *,
+                 include: np.ndarray | None = None, exclude: np.ndarray | None = None):
         self.seed = int(seed)
         self._progress = progress
         self.timings: dict[str, float] = {}
+        self.include = _NO_INDICES if include is None else np.asarray(include, dtype=np.int64)
+        self.exclude = _NO_INDICES if exclude is None else np.asarray(exclude, dtype=np.int64)
+
+    def blocked(self, n_pool: int) -> np.ndarray:
+        """(N,) bool: samples that may not become a *new* pick (excluded, or already included)."""
+        mask = np.zeros(n_pool, dtype=bool)
+        mask[self.exclude] = True
+        mask[self.include] = True
+        return mask
+
+    def excluded(self, n_pool: int) -> np.ndarray:
+        """(N,) bool mask of ``exclude``."""
+        mask = np.zeros(n_pool, dtype=bool)
+        mask[self.exclude] = True
+        return mask
 
     def rng(self, stream: int = 0) -> np.random.Generator:
         """A fresh generator for this seed (independent `stream`s for independent choices)."""
@@ -291,6 +330,33 @@ def resolve_budget(budget: int | float | str, n_pool: int) -> int:
     return value
 
 
+def resolve_constraints(include: Any, exclude: Any, n_pool: int, budget: int):
+    """Validate ``include`` / ``exclude`` (lists of pool indices or None) against the pool and
+    the budget.  Returns them as int64 arrays (empty when None); raises BilafError that says
+    what to fix: out of range, repeated, in both lists, more includes than the budget, or so
+    many excludes that fewer than ``budget`` samples are left to pick from."""
+    include = _NO_INDICES if include is None else check_indices(np.asarray(include).reshape(-1), n_pool, what="--include")
+    exclude = _NO_INDICES if exclude is None else check_indices(np.asarray(exclude).reshape(-1), n_pool, what="--exclude")
+    both = np.intersect1d(include, exclude)
+    if both.size:
+        raise BilafError(
+            f"--include and --exclude share {both.size} indices (first: {int(both[0])}); a sample cannot be both "
+            "required and forbidden — remove it from one of the two files"
+        )
+    if include.size > budget:
+        raise BilafError(
+            f"--include holds {include.size} indices but the budget is {budget}; the includes count against the "
+            f"budget, so raise the budget to at least {include.size} or include fewer"
+        )
+    left = n_pool - exclude.size
+    if left < budget:
+        raise BilafError(
+            f"--exclude leaves {left} of the {n_pool} samples, fewer than the budget {budget}; lower the budget to "
+            f"at most {left} or exclude fewer"
+        )
+    return include, exclude
+
+
 def run_selection(
     method: str,
     features: Any,
@@ -298,9 +364,15 @@ def run_selection(
     *,
     seed: int = 0,
     progress: ProgressFn | None = None,
+    include: Any = None,
+    exclude: Any = None,
     **options: Any,
 ) -> Selection:
-    """Run a registered method.  See the module docstring for what is checked."""
+    """Run a registered method.  See the module docstring for what is checked.
+
+    ``include``: pool indices that must be among the picks (they count against the budget; the
+    method fills the rest around them, see ``get_method(m).include_rule``).  ``exclude``: pool
+    indices that are never picked.  Both are lists/arrays of ints or None."""
     spec = get_method(method)
     features = validate_features(features)
     n_pool = features.shape[0]
@@ -311,7 +383,11 @@ def run_selection(
         allowed = ", ".join(p.flag for p in spec.params) or "none"
         raise BilafError(f"{method} does not take {', '.join(unknown)}; its options: {allowed}")
     params = {p.name: p.coerce(options.get(p.name, p.default), method) for p in spec.params}
-    ctx = RunContext(seed, progress)
+    include, exclude = resolve_constraints(include, exclude, n_pool, budget_count)
+    if include.size and spec.include_rule is None:
+        raise BilafError(f"{method} does not take --include (it has no way to build around given picks); "
+                         "use --exclude only, or another method")
+    ctx = RunContext(seed, progress, include=include, exclude=exclude)
     ctx.progress(0.0, f"{method}: selecting {budget_count} of {n_pool}")
     start = time.perf_counter()
     indices, diagnostics = spec.fn(features, budget_count, ctx, **params)
@@ -319,6 +395,10 @@ def run_selection(
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size != budget_count:
         raise AssertionError(f"{method} returned {indices.size} picks for a budget of {budget_count}")
+    if exclude.size and np.isin(indices, exclude).any():
+        raise AssertionError(f"{method} returned an excluded index")
+    if include.size and not np.isin(include, indices).all():
+        raise AssertionError(f"{method} left out an included index")
     # Record what produced the result; array-valued options are summarised, not stored inline.
     recorded = {}
     for k, v in params.items():
@@ -327,6 +407,13 @@ def run_selection(
         else:
             recorded[k] = v
     recorded["budget"] = budget_count
+    # The constraints are part of what produced the result: counts in the params, the indices
+    # themselves with the diagnostics (so a re-run or a child record can reuse them).
+    diagnostics = dict(diagnostics)
+    for name, values in (("include", include), ("exclude", exclude)):
+        if values.size:
+            recorded[name] = f"<{values.size} values>"
+            diagnostics[f"{name}_indices"] = values.copy()
     ctx.progress(1.0, "done")
     return Selection(
         method=method,

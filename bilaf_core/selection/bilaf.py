@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -202,21 +202,37 @@ def denoise_cluster(dists: ClusterDistances, core_pos: int, *, k: int, ring_frac
     return levels, removed
 
 
-def split_budget(sizes: np.ndarray, budget: int) -> np.ndarray:
-    """Step 3.  Integer allocation proportional to `sizes` with 1 <= a_i <= sizes_i, sum = budget.
+def split_budget(sizes: np.ndarray, budget: int, *, lower: np.ndarray | None = None,
+                 upper: np.ndarray | None = None) -> np.ndarray:
+    """Step 3.  Integer allocation proportional to `sizes` with lower_i <= a_i <= upper_i,
+    sum = budget (defaults: lower = 1, the core; upper = sizes).
 
-    Water-filling: clusters whose proportional quota exceeds their size are capped (and the rest
-    re-split), then clusters whose quota is below one get exactly one (their core); the others
-    share what is left by largest remainder (ties: the larger cluster, then the lower index).
+    Water-filling: clusters whose proportional quota exceeds their upper bound are capped (and
+    the rest re-split), then clusters whose quota is below their lower bound get exactly that;
+    the others share what is left by largest remainder (ties: the larger cluster, then the lower
+    index).  Constrained runs raise the lower bound by the includes a cluster holds (they are
+    picks already taken there) and cap the upper bound at what can still be picked.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     k = sizes.size
-    if budget < k:
-        raise BilafError(f"budget {budget} is smaller than the {k} core samples; raise the budget or lower --core-budget")
-    if budget > sizes.sum():
+    lower = np.ones(k, dtype=np.int64) if lower is None else np.asarray(lower, dtype=np.int64)
+    upper = sizes if upper is None else np.asarray(upper, dtype=np.int64)
+    if budget < lower.sum():
+        if lower.sum() == k:
+            raise BilafError(f"budget {budget} is smaller than the {k} core samples; raise the budget or lower --core-budget")
         raise BilafError(
-            f"budget {budget} is larger than the {int(sizes.sum())} samples left after denoising; "
-            "lower the budget or --removal-fraction"
+            f"budget {budget} cannot hold the {k} core samples plus the {int(lower.sum()) - k} included samples; "
+            "raise the budget, lower --core-budget or include fewer"
+        )
+    if budget > upper.sum():
+        if upper is sizes:
+            raise BilafError(
+                f"budget {budget} is larger than the {int(sizes.sum())} samples left after denoising; "
+                "lower the budget or --removal-fraction"
+            )
+        raise BilafError(
+            f"budget {budget} is larger than the {int(upper.sum())} samples that can be picked (left after denoising, "
+            "minus the excluded ones, plus the included ones); lower the budget, --removal-fraction or exclude fewer"
         )
     alloc = np.zeros(k, dtype=np.int64)
     fixed = np.zeros(k, dtype=bool)
@@ -225,55 +241,75 @@ def split_budget(sizes: np.ndarray, budget: int) -> np.ndarray:
             free = np.flatnonzero(~fixed)
             remaining = budget - alloc[fixed].sum()
             quota = remaining * sizes[free] / sizes[free].sum()
-            violators = free[quota > sizes[free]] if bound == "upper" else free[quota < 1]
+            violators = free[quota > upper[free]] if bound == "upper" else free[quota < lower[free]]
             if violators.size == 0:
                 break
-            alloc[violators] = sizes[violators] if bound == "upper" else 1
+            alloc[violators] = upper[violators] if bound == "upper" else lower[violators]
             fixed[violators] = True
     free = np.flatnonzero(~fixed)
     if free.size:
         remaining = budget - alloc[fixed].sum()
         quota = remaining * sizes[free] / sizes[free].sum()
-        base = np.minimum(np.floor(quota).astype(np.int64), sizes[free])
-        base = np.maximum(base, 1)
+        base = np.minimum(np.floor(quota).astype(np.int64), upper[free])
+        base = np.maximum(base, lower[free])
         left = int(remaining - base.sum())
         if left > 0:
-            fraction = np.where(base < sizes[free], quota - base, -np.inf)
+            fraction = np.where(base < upper[free], quota - base, -np.inf)
             order = np.lexsort((free, -sizes[free], -fraction))
             base[order[:left]] += 1
         alloc[free] = base
-    if alloc.sum() != budget or (alloc < 1).any() or (alloc > sizes).any():  # pragma: no cover
+    if alloc.sum() != budget or (alloc < lower).any() or (alloc > upper).any():  # pragma: no cover
         raise AssertionError(f"budget split failed: {alloc.sum()} != {budget}")
     return alloc
 
 
 def boundary_picks(dists: ClusterDistances, members: np.ndarray, core_pos, picks_wanted, outer, opponent, n_clusters,
-                   opponent_penalty, inner: np.ndarray | None = None):
+                   opponent_penalty, inner: np.ndarray | None = None, *, taken=(), blocked: np.ndarray | None = None):
     """Step 4 for one cluster.  `members` are the kept rows of `dists` (ascending sample ids),
     `core_pos` the core's index into `members`; `inner` (mean distance of each member to
     `members`) is computed when not given.  Returns (indices into `members`, scores, opponents)
-    in pick order; the core comes first with score NaN and opponent -1."""
+    of the *chosen* picks in order; the core comes first with score NaN and opponent -1.
+
+    Constraints: `taken` is a list of (row of `dists`, opponent cluster) for the includes of
+    this cluster: picks already made, so the walk treats each as a previous pick (drops its
+    nearest candidates, penalises its opponent) before choosing ``picks_wanted − 1 − len(taken)``
+    new ones.  `blocked` (len(members),) bool marks members that are never candidates
+    (excluded or included)."""
     positions, scores, opponents = [core_pos], [np.nan], [-1]
     n = members.size
-    if picks_wanted <= 1:
+    n_new = picks_wanted - 1 - len(taken)
+    if n_new <= 0:
         return positions, scores, opponents
     if inner is None:
         inner = dists.row_means(members)
     penalty = np.ones(n_clusters, dtype=np.float64)
     drop = n // picks_wanted
-    candidates = np.arange(n)
-    last = core_pos
-    for _ in range(picks_wanted - 1):
-        to_last = dists.to_one(members[candidates], int(members[last]))
-        to_last[candidates == last] = -np.inf  # the last pick always leaves the candidates
-        survivors = np.argsort(to_last, kind="stable")[drop:]
-        candidates = np.sort(candidates[survivors])
-        if last != core_pos:
-            penalty[opponent[last]] *= opponent_penalty
+    candidates = np.arange(n) if blocked is None else np.flatnonzero(~blocked | (np.arange(n) == core_pos))
+    # the previous pick: (row of `dists`, its opponent or -1 for the core)
+    previous = [(int(members[core_pos]), -1)] + [(int(row), int(opp)) for row, opp in taken]
+
+    def retire(candidates, row, opp, still_needed):
+        # drop the candidates nearest the previous pick (itself first, when it is one) and
+        # penalise its opponent; never drop below what the remaining picks need
+        to_last = dists.to_one(members[candidates], row)
+        is_last = members[candidates] == row
+        to_last[is_last] = -np.inf  # the last pick always leaves the candidates
+        count = max(int(is_last.any()), min(drop, candidates.size - still_needed))
+        survivors = np.argsort(to_last, kind="stable")[count:]
+        if opp >= 0:
+            penalty[opp] *= opponent_penalty
+        return np.sort(candidates[survivors])
+
+    for row, opp in previous[:-1]:  # every earlier pick but the last: its step is already over
+        candidates = retire(candidates, row, opp, n_new)
+    last_row, last_opp = previous[-1]
+    for t in range(n_new):
+        candidates = retire(candidates, last_row, last_opp, n_new - t)
         out, inn = outer[candidates], inner[candidates]
         score = (out * penalty[opponent[candidates]] - inn) / np.maximum(np.maximum(out, inn), 1e-12)
         best = int(np.argmin(score))  # first minimum = lowest sample id
         last = int(candidates[best])
+        last_row, last_opp = int(members[last]), int(opponent[last])
         positions.append(last)
         scores.append(float(score[best]))
         opponents.append(int(opponent[last]))
@@ -359,28 +395,60 @@ def _bilaf_default(features, core_indices, budget, ctx, *, density_neighbors, re
             cluster_sizes - np.floor(removal_fraction * cluster_sizes + 1e-9).astype(np.int64),
             cluster_sizes,
         )
-        allocation = split_budget(sizes, budget)
     keep_plan = (fresh and key is not None and cluster_sizes.max() <= ClusterDistances.max_cached
                  and 4 * float(np.square(cluster_sizes, dtype=np.float64).sum()) <= PLAN_CACHE_BYTES)
+
+    def visit(c):
+        """Cluster c's plan: assignment rows, distances and denoising (kept in the plan when
+        plans are kept, recomputed otherwise)."""
+        if not fresh:
+            return plan.clusters[c]
+        members = order[bounds[c] : bounds[c + 1]]
+        dists = ClusterDistances(features[members])
+        core_pos = int(np.searchsorted(members, core_indices[c]))
+        levels, drop = denoise_cluster(
+            dists, core_pos, k=density_neighbors, ring_fraction=ring_fraction, removal_fraction=removal_fraction
+        )
+        kept = np.flatnonzero(~drop)  # rows of `dists`, ascending ids
+        part = _ClusterPlan(members, dists, levels, drop, kept, int(np.searchsorted(kept, core_pos)))
+        if keep_plan:
+            plan.clusters.append(part)
+        return part
+
+    lower = upper = None
+    include, blocked = ctx.include, ctx.blocked(n)
+    denoised = {}
+    if blocked.any():
+        with ctx.stage("denoise+boundary"):
+            # Constraints: includes are picks already taken in their pseudo-class (cores are
+            # picks anyway), so a class gets at least its core plus its includes; its new picks
+            # come from the denoised members that are neither blocked nor the core — known only
+            # after denoising, so here every cluster is denoised first (its distances are
+            # rebuilt for the picks below unless the plan keeps them).
+            for c in range(k_cores):
+                part = visit(c)
+                denoised[c] = part if keep_plan or not fresh else replace(part, dists=None)
+                if c % max(1, k_cores // 50) == 0:
+                    ctx.progress(0.62 + 0.19 * (c + 1) / k_cores, f"denoising cluster {c + 1}/{k_cores}")
+        extra = include[~np.isin(include, core_indices)]
+        lower = 1 + np.bincount(plan.cluster[extra], minlength=k_cores)
+        candidates = np.zeros(n, dtype=bool)
+        for c, part in denoised.items():
+            candidates[part.members[part.kept]] = True
+        candidates &= ~blocked
+        candidates[core_indices] = False
+        upper = lower + np.bincount(plan.cluster[candidates], minlength=k_cores)
+    with ctx.stage("allocate"):
+        allocation = split_budget(sizes, budget, lower=lower, upper=upper)
 
     ring_level = np.zeros(n, dtype=np.int32)
     removed = np.zeros(n, dtype=bool)
     picks, scores, opponents, pick_cluster = [], [], [], []
     with ctx.stage("denoise+boundary"):
         for c in range(k_cores):
-            if fresh:
-                members = order[bounds[c] : bounds[c + 1]]
-                dists = ClusterDistances(features[members])
-                core_pos = int(np.searchsorted(members, core_indices[c]))
-                levels, drop = denoise_cluster(
-                    dists, core_pos, k=density_neighbors, ring_fraction=ring_fraction, removal_fraction=removal_fraction
-                )
-                kept = np.flatnonzero(~drop)  # rows of `dists`, ascending ids
-                part = _ClusterPlan(members, dists, levels, drop, kept, int(np.searchsorted(kept, core_pos)))
-                if keep_plan:
-                    plan.clusters.append(part)
-            else:
-                part = plan.clusters[c]
+            part = denoised.pop(c, None) or visit(c)
+            if part.dists is None:
+                part.dists = ClusterDistances(features[part.members])
             ring_level[part.members] = part.levels
             removed[part.members] = part.drop
             if allocation[c] > 1 and part.inner is None:
@@ -390,12 +458,21 @@ def _bilaf_default(features, core_indices, budget, ctx, *, density_neighbors, re
             else:
                 inner = part.inner
             kept_ids = part.members[part.kept]
+            taken, kept_blocked, taken_ids = (), None, np.empty(0, dtype=np.int64)
+            if lower is not None:
+                taken_ids = extra[plan.cluster[extra] == c]
+                taken = list(zip(np.searchsorted(part.members, taken_ids), plan.opponent[taken_ids]))
+                kept_blocked = blocked[kept_ids]
             pos, sc, opp = boundary_picks(part.dists, part.kept, part.core_kept, int(allocation[c]), plan.outer[kept_ids],
-                                          plan.opponent[kept_ids], k_cores, opponent_penalty, inner=inner)
-            picks.extend(kept_ids[pos])
-            scores.extend(sc)
-            opponents.extend(opp)
-            pick_cluster.extend([c] * len(pos))
+                                          plan.opponent[kept_ids], k_cores, opponent_penalty, inner=inner,
+                                          taken=taken, blocked=kept_blocked)
+            # the core, then the includes of this class (picks already taken), then the new picks
+            picks.extend(kept_ids[pos[:1]])
+            picks.extend(taken_ids)
+            picks.extend(kept_ids[pos[1:]])
+            scores.extend([sc[0]] + [np.nan] * taken_ids.size + sc[1:])
+            opponents.extend([opp[0]] + [int(o) for o in plan.opponent[taken_ids]] + opp[1:])
+            pick_cluster.extend([c] * (len(pos) + taken_ids.size))
             if c % max(1, k_cores // 50) == 0:
                 ctx.progress(0.62 + 0.38 * (c + 1) / k_cores, f"denoising and picking in cluster {c + 1}/{k_cores}")
     if keep_plan:
@@ -560,14 +637,28 @@ def _bilaf_reference(features, core_indices, budget, ctx, *, density_neighbors, 
 
 
 def _child_context(ctx: RunContext, low: float, high: float) -> RunContext:
-    """Same seed; progress mapped into [low, high] of the parent's bar."""
-    return RunContext(ctx.seed, lambda f, m: ctx.progress(low + (high - low) * f, m))
+    """Same seed and exclusions (a core is never an excluded sample); progress mapped into
+    [low, high] of the parent's bar.  The includes stay with the boundary stage."""
+    return RunContext(ctx.seed, lambda f, m: ctx.progress(low + (high - low) * f, m), exclude=ctx.exclude)
+
+
+#: shown by `select --help`; the why: the pseudo-classes (cores from ActiveFT, same seed -> same
+#: cores) stay as they were, so "re-run keeping my edits" only changes picks near the edits.
+BILAF_INCLUDE_RULE = (
+    "the includes count as boundary picks already taken in the pseudo-class they fall in: that class gets at "
+    "least its core plus its includes, and the boundary walk starts after them (drops their nearest candidates, "
+    "penalises their opponent class), so new picks spread away from them; the cores still come from ActiveFT "
+    "(never an excluded sample) or --core-indices.  Why: with the same seed the cores, hence the pseudo-classes, "
+    "stay where they were, so re-running with kept picks included and removed ones excluded only changes picks "
+    "near the edits"
+)
 
 
 @register_method(
     "bilaf",
     summary="BiLAF: ActiveFT core samples as pseudo-class centres, density-ring denoising, then iterative boundary samples with an opponent penalty",
     params=BILAF_PARAMS,
+    include_rule=BILAF_INCLUDE_RULE,
 )
 def select_bilaf(
     features,
@@ -585,6 +676,9 @@ def select_bilaf(
 ):
     n = features.shape[0]
     reference = compat == "reference"
+    if reference and (ctx.include.size or ctx.exclude.size):
+        raise BilafError("--compat reference reproduces the published code, which has no --include/--exclude; "
+                         "drop them or use the default mode")
     if core_indices is not None and core_budget is not None and core_budget != len(core_indices):
         raise BilafError(f"--core-budget {core_budget} disagrees with the {len(core_indices)} --core-indices given; pass one of them")
     if core_indices is not None:
@@ -593,6 +687,10 @@ def select_bilaf(
             raise BilafError("BiLAF needs at least 2 core samples (boundaries lie between pseudo-classes); give more core indices")
         if core_indices.size > budget:
             raise BilafError(f"budget {budget} is smaller than the {core_indices.size} core indices; the budget counts the cores")
+        excluded_cores = np.intersect1d(core_indices, ctx.exclude)
+        if excluded_cores.size:
+            raise BilafError(f"{excluded_cores.size} --core-indices are also in --exclude (first: {int(excluded_cores[0])}); "
+                             "a core is always picked — remove it from one of the two files")
         core_diagnostics = {}
     else:
         if budget < 2:

@@ -30,6 +30,7 @@ from .base import Param, RunContext, register_method
     params=(
         Param("initial_indices", "indices", None, "pool indices picked in earlier rounds; they are the starting centres and are never picked again (empty = start from one random sample)"),
     ),
+    include_rule="k-center starts from them: the includes (with any --initial-indices) are the starting centres and the greedy adds the farthest samples around them",
 )
 def select_coreset(features: np.ndarray, budget: int, ctx: RunContext, *, initial_indices=None) -> tuple[np.ndarray, dict]:
     """Greedy k-center selection.
@@ -48,7 +49,9 @@ def select_coreset(features: np.ndarray, budget: int, ctx: RunContext, *, initia
     Returns
     -------
     indices : (B,) int64
-        New centres in pick order (the random first centre is ``indices[0]`` when K = 0).
+        ``ctx.include`` first (they are starting centres too), then the new centres in pick order
+        (the random first centre leads when there are no starting centres); never an index of
+        ``ctx.exclude`` (excluded samples are still covered: they enter the cover radius).
     diagnostics : dict
         ``cover_radius`` (B,) max over the pool of the distance to the nearest centre after each
         pick, ``min_distance`` (N,) final distance of every sample to its nearest centre,
@@ -56,15 +59,20 @@ def select_coreset(features: np.ndarray, budget: int, ctx: RunContext, *, initia
         random first centre).
     """
     n = features.shape[0]
-    initial = _ops.resolve_initial(initial_indices, n, budget, "coreset")
-    first = None if initial.size else int(ctx.rng(0).integers(n))
+    initial = _ops.constrained_initial(initial_indices, ctx, n, budget, "coreset")
+    include = ctx.include
+    centres = np.concatenate([initial, include])
+    blocked = ctx.excluded(n)
+    first = None if centres.size else _ops.random_allowed(ctx.rng(0), blocked)
     with ctx.stage("k-center"):
         picks, d2_at_pick, radius2, min_d2 = _ops.farthest_first(
-            features, budget, initial=initial, first=first,
-            progress=lambda f: ctx.progress(f, "k-center greedy"),
+            features, budget - include.size, initial=centres, first=first,
+            progress=lambda f: ctx.progress(f, "k-center greedy"), blocked=blocked if blocked.any() else None,
         )
-    return picks, {
-        "cover_radius": np.sqrt(radius2),
+    # the includes lead, with NaN for the per-pick values they have no step of their own for
+    lead = np.full(include.size, np.nan, dtype=np.float32)
+    return np.concatenate([include, picks]), {
+        "cover_radius": np.concatenate([lead, np.sqrt(radius2)]),
         "min_distance": np.sqrt(min_d2),
-        "distance_at_pick": np.sqrt(d2_at_pick),
+        "distance_at_pick": np.concatenate([lead, np.sqrt(d2_at_pick)]),
     }

@@ -26,6 +26,7 @@ from .base import RunContext, register_method
     "fds",
     summary="farthest-first traversal (cosine) from one random sample, on L2-normalised features",
     params=(),
+    include_rule="the traversal starts from them instead of one random sample and adds the samples farthest from them",
 )
 def select_fds(features: np.ndarray, budget: int, ctx: RunContext) -> tuple[np.ndarray, dict]:
     """Farthest distance sampling.
@@ -42,7 +43,8 @@ def select_fds(features: np.ndarray, budget: int, ctx: RunContext) -> tuple[np.n
     Returns
     -------
     indices : (B,) int64
-        Picks in traversal order; ``indices[0]`` is the random start.
+        Picks in traversal order; ``indices[0]`` is the random start — or ``ctx.include``
+        first, when given, as the starting set (NaN diagnostics); never an excluded index.
     diagnostics : dict
         ``min_distance_at_pick`` (B,) cosine distance of each pick to its nearest earlier pick
         (NaN for the start; non-increasing afterwards), ``cover_radius`` (B,) largest cosine
@@ -50,12 +52,16 @@ def select_fds(features: np.ndarray, budget: int, ctx: RunContext) -> tuple[np.n
     """
     with ctx.stage("normalise"):
         x = _ops.l2_normalize(features)
-    start = int(ctx.rng(0).integers(x.shape[0]))
+    include = ctx.include
+    blocked = ctx.excluded(x.shape[0])
+    start = None if include.size else _ops.random_allowed(ctx.rng(0), blocked)
     with ctx.stage("traversal"):
         picks, d2_at_pick, radius2, _ = _ops.farthest_first(
-            x, budget, first=start, progress=lambda f: ctx.progress(f, "farthest-first traversal"),
+            x, budget - include.size, initial=include if include.size else None, first=start,
+            progress=lambda f: ctx.progress(f, "farthest-first traversal"), blocked=blocked if blocked.any() else None,
         )
-    return picks, {
-        "min_distance_at_pick": (d2_at_pick / 2.0).astype(np.float32),
-        "cover_radius": (radius2 / 2.0).astype(np.float32),
+    lead = np.full(include.size, np.nan, dtype=np.float32)  # includes: no traversal step of their own
+    return np.concatenate([include, picks]), {
+        "min_distance_at_pick": np.concatenate([lead, d2_at_pick / 2.0]).astype(np.float32),
+        "cover_radius": np.concatenate([lead, radius2 / 2.0]).astype(np.float32),
     }

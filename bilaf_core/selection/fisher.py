@@ -130,6 +130,8 @@ def descriptors(f: np.ndarray, W: np.ndarray, temperature: float) -> tuple[np.nd
         Param("temperature", "float", 0.1, "softmax temperature T of the pseudo-classifier (logits = cosine / T)", minimum=0.0, exclusive_minimum=True),
         Param("top_l", "int", 32, "L: pool candidates listed per target representative (paper code: 32)", minimum=1),
     ),
+    include_rule="a target representative that lists an include among its top-L matches counts as served, so the rest "
+                 "of the budget goes to the representatives the includes do not match",
 )
 def select_fisher(features: np.ndarray, budget: int, ctx: RunContext, *, target_features=None,
                   head_clusters: int = 10, temperature: float = 0.1, top_l: int = 32) -> tuple[np.ndarray, dict]:
@@ -156,7 +158,8 @@ def select_fisher(features: np.ndarray, budget: int, ctx: RunContext, *, target_
         ``match_count`` (N,) how many target representatives list the sample among their top-L,
         ``target_coverage`` (scalar) fraction of representatives with at least one of their top-L
         picked, ``target_representatives`` (indices into the target, or the pool without one),
-        ``rank_of_pick`` (B,) the match rank a pick came from (−1: filled by best kernel),
+        ``rank_of_pick`` (B,) the match rank a pick came from (−1: filled by best kernel, −2: an
+        include, listed first),
         ``pseudo_label`` (N,).
     """
     n, dim = features.shape
@@ -200,19 +203,29 @@ def select_fisher(features: np.ndarray, budget: int, ctx: RunContext, *, target_
         by_sim = np.argsort(-sims, axis=0, kind="stable")
         ordered = np.take_along_axis(ids, by_sim, axis=0).T.ravel()
         rank = np.repeat(np.arange(L), n_reps)
+        include, blocked = ctx.include, ctx.blocked(n)
+        n_new = budget - include.size
+        if blocked.any():
+            # Constraints: representatives an include already serves drop out, and no blocked
+            # sample (excluded or included) is a candidate.
+            served = np.isin(ids, include).any(axis=1)
+            keep = ~served[by_sim.T.ravel()] & ~blocked[ordered]
+            ordered, rank = ordered[keep], rank[keep]
         _, first_pos = np.unique(ordered, return_index=True)
-        first_pos = np.sort(first_pos)[:budget]
+        first_pos = np.sort(first_pos)[:n_new]
         picks = ordered[first_pos]
         rank_of_pick = rank[first_pos]
-        if picks.size < budget:
+        if picks.size < n_new:
             # Not enough distinct candidates: the unpicked samples closest (by kernel) to any representative.
             best, _ = _ops.ip_topk(target_desc[reps], pool_desc, 1)
-            free = np.ones(n, dtype=bool)
+            free = ~blocked
             free[picks] = False
             rest = np.flatnonzero(free)
-            extra = rest[np.argsort(-best[rest, 0], kind="stable")[: budget - picks.size]]
+            extra = rest[np.argsort(-best[rest, 0], kind="stable")[: n_new - picks.size]]
             picks = np.concatenate([picks, extra])
             rank_of_pick = np.concatenate([rank_of_pick, np.full(extra.size, -1)])
+        picks = np.concatenate([include, picks])
+        rank_of_pick = np.concatenate([np.full(include.size, -2), rank_of_pick])
         picked = np.zeros(n, dtype=bool)
         picked[picks] = True
     return picks.astype(np.int64), {

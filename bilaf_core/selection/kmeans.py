@@ -33,6 +33,9 @@ KMEANS_PARAMS = (
     Param("iterations", "int", 20, "Lloyd iterations per k-means run (paper: 20)", minimum=1),
 )
 
+INCLUDE_RULE = ("the includes count as covering the cluster they fall in; the rest of the budget goes to the largest "
+                "uncovered clusters, one pick each")
+
 #: candidates per centroid fetched in the first matching round; conflicts beyond that are rare
 #: and are resolved by a second, exact round.
 _FIRST_ROUND_CANDIDATES = 16
@@ -138,6 +141,7 @@ def unique_nearest(x: np.ndarray, centroids: np.ndarray, allowed: np.ndarray | N
     "kmeans",
     summary="k-means (k = budget) on L2-normalised features; the sample nearest each centroid",
     params=KMEANS_PARAMS,
+    include_rule=INCLUDE_RULE,
 )
 def select_kmeans(features: np.ndarray, budget: int, ctx: RunContext, *, restarts: int = 3,
                   iterations: int = 20) -> tuple[np.ndarray, dict]:
@@ -157,7 +161,9 @@ def select_kmeans(features: np.ndarray, budget: int, ctx: RunContext, *, restart
     Returns
     -------
     indices : (B,) int64
-        One distinct sample per centroid, tightest centroid first.
+        One distinct sample per centroid, tightest centroid first; with ``ctx.include`` the
+        includes lead (``centroid_of_pick`` = their own cluster) and the largest clusters
+        without an include get the new picks.  Never an index of ``ctx.exclude``.
     diagnostics : dict
         ``centroids`` (B, D), ``assignment`` (N,) nearest centroid of every sample,
         ``centroid_of_pick`` (B,), ``pick_distance`` (B,) distance of each pick to its centroid,
@@ -169,7 +175,16 @@ def select_kmeans(features: np.ndarray, budget: int, ctx: RunContext, *, restart
         centroids, assign, _, inertia = best_kmeans(x, budget, ctx, restarts=restarts, iterations=iterations, stream=0)
     with ctx.stage("match"):
         ctx.progress(0.85, "matching centroids to samples")
-        picks, order = unique_nearest(x, centroids)
+        n, include = x.shape[0], ctx.include
+        blocked = ctx.blocked(n)
+        if blocked.any():
+            # includes cover their own cluster; the largest uncovered clusters get the new picks
+            wanted = _ops.uncovered_clusters(assign, budget, include, budget - include.size)
+            picks, order = unique_nearest(x, centroids[wanted], np.flatnonzero(~blocked))
+            picks = np.concatenate([include, picks])
+            order = np.concatenate([assign[include], wanted[order]])
+        else:
+            picks, order = unique_nearest(x, centroids)
         pick_distance = np.linalg.norm(x[picks] - centroids[order], axis=1)
     return picks, {
         "centroids": centroids,
@@ -187,6 +202,7 @@ def select_kmeans(features: np.ndarray, budget: int, ctx: RunContext, *, restart
         Param("initial_indices", "indices", None, "pool indices picked in earlier rounds; they are clustered with the rest but never picked again (empty = first round)"),
     )
     + KMEANS_PARAMS,
+    include_rule=INCLUDE_RULE,
 )
 def select_kmeans_multibatch(features: np.ndarray, budget: int, ctx: RunContext, *, initial_indices=None,
                              restarts: int = 3, iterations: int = 20) -> tuple[np.ndarray, dict]:
@@ -215,32 +231,39 @@ def select_kmeans_multibatch(features: np.ndarray, budget: int, ctx: RunContext,
     Returns
     -------
     indices : (B,) int64
-        New picks: own-cluster picks first (closest to their centroid first), then fallbacks.
+        New picks: ``ctx.include`` first (each covers its own cluster), then own-cluster picks of
+        the largest uncovered clusters (closest to their centroid first), then fallbacks.  Never
+        an index of ``ctx.exclude`` or ``initial_indices``.
     diagnostics : dict
         ``centroids`` (B, D), ``assignment`` (N,), ``centroid_of_pick`` (B,),
         ``from_own_cluster`` (B, bool: False for fallback picks), ``inertia`` (scalar).
     """
     n = features.shape[0]
-    initial = _ops.resolve_initial(initial_indices, n, budget, "kmeans-multibatch")
+    initial = _ops.constrained_initial(initial_indices, ctx, n, budget, "kmeans-multibatch")
+    include = ctx.include
     with ctx.stage("normalise"):
         x = _ops.l2_normalize(features)
     with ctx.stage("kmeans"):
         centroids, assign, dist, inertia = best_kmeans(x, budget, ctx, restarts=restarts, iterations=iterations, stream=0)
     with ctx.stage("match"):
         ctx.progress(0.85, "matching centroids to unpicked members")
-        free = np.ones(n, dtype=bool)
+        free = ~ctx.blocked(n)
         free[initial] = False
-        idx = np.flatnonzero(free)
+        # includes cover their own cluster; the largest uncovered clusters get the new picks
+        wanted = np.zeros(budget, dtype=bool)
+        wanted[_ops.uncovered_clusters(assign, budget, include, budget - include.size)] = True
+        idx = np.flatnonzero(free & wanted[assign])
         # Sort the free samples by (cluster, distance to its centroid): the first of each run is the
         # nearest free member of that cluster.
         idx = idx[np.lexsort((dist[idx], assign[idx]))]
-        first = np.r_[True, assign[idx][1:] != assign[idx][:-1]]
+        first = np.ones(idx.size, dtype=bool)  # (empty when the includes fill the budget)
+        first[1:] = assign[idx][1:] != assign[idx][:-1]
         member_pick = idx[first]
         member_cluster = assign[member_pick]
         by_closeness = np.argsort(dist[member_pick], kind="stable")
         member_pick, member_cluster = member_pick[by_closeness], member_cluster[by_closeness]
 
-        lacking = np.setdiff1d(np.arange(budget), member_cluster)
+        lacking = np.setdiff1d(np.flatnonzero(wanted), member_cluster)
         if lacking.size:
             free[member_pick] = False
             fb_picks, fb_order = unique_nearest(x, centroids[lacking], np.flatnonzero(free))
@@ -248,8 +271,10 @@ def select_kmeans_multibatch(features: np.ndarray, budget: int, ctx: RunContext,
             centroid_of_pick = np.concatenate([member_cluster, lacking[fb_order]])
         else:
             picks, centroid_of_pick = member_pick, member_cluster
+        picks = np.concatenate([include, picks])
+        centroid_of_pick = np.concatenate([assign[include], centroid_of_pick])
         from_own = np.zeros(budget, dtype=bool)
-        from_own[: member_pick.size] = True
+        from_own[: include.size + member_pick.size] = True
     return picks.astype(np.int64), {
         "centroids": centroids,
         "assignment": assign.astype(np.int64),

@@ -229,7 +229,7 @@ def _pairs_or_raise(x, delta, ctx, span):
 
 
 def greedy_max_coverage(indptr: np.ndarray, indices: np.ndarray, budget: int, rng: np.random.Generator,
-                        progress=None):
+                        progress=None, *, forced: np.ndarray | None = None, blocked: np.ndarray | None = None):
     """Greedy maximum coverage on the ball graph (row i = samples covered by picking i).
 
     Degrees (uncovered samples in each ball) are kept up to date with one ``np.bincount`` over
@@ -238,12 +238,19 @@ def greedy_max_coverage(indptr: np.ndarray, indices: np.ndarray, budget: int, rn
     Degree ties go to a seeded random priority; once everything is covered, the rest of the
     budget is a seeded random sample of the unpicked.
 
+    ``forced``: picks made first, in order, whatever their degree (``--include``: their balls are
+    covered before the greedy starts).  ``blocked`` (N,) bool: never chosen by the greedy or
+    the random fill (``--exclude``, and the forced picks themselves).
+
     Returns ``(picks (B,), coverage (B,) fraction covered after each pick, covered (N,) bool)``.
     """
     n = indptr.size - 1
     deg = np.diff(indptr).astype(np.int64)
     prio = rng.permutation(n).astype(np.int64)
     key = deg * n + prio  # argmax: largest degree, ties by random priority
+    forced = np.empty(0, dtype=np.int64) if forced is None else np.asarray(forced, dtype=np.int64)
+    if blocked is not None:
+        key[blocked] = -1  # negative for good: later updates only lower it, unblocked keys stay >= 0
     covered = np.zeros(n, dtype=bool)
     n_covered = 0
     picks = np.empty(budget, dtype=np.int64)
@@ -251,9 +258,12 @@ def greedy_max_coverage(indptr: np.ndarray, indices: np.ndarray, budget: int, rn
     step = max(1, budget // 100)
     t = 0
     while t < budget:
-        c = int(np.argmax(key))
-        if deg[c] <= 0:
-            break  # everything is covered
+        if t < forced.size:
+            c = int(forced[t])
+        else:
+            c = int(np.argmax(key))
+            if deg[c] <= 0:
+                break  # everything is covered
         ball = indices[indptr[c] : indptr[c + 1]]
         new = ball[~covered[ball]]
         covered[new] = True
@@ -267,7 +277,7 @@ def greedy_max_coverage(indptr: np.ndarray, indices: np.ndarray, budget: int, rn
         if progress is not None and t % step == 0:
             progress(t / budget)
     if t < budget:
-        mask = np.ones(n, dtype=bool)
+        mask = np.ones(n, dtype=bool) if blocked is None else ~blocked
         mask[picks[:t]] = False
         picks[t:] = rng.permutation(np.flatnonzero(mask))[: budget - t]
         coverage[t:] = n_covered / n
@@ -282,6 +292,7 @@ def greedy_max_coverage(indptr: np.ndarray, indices: np.ndarray, budget: int, rn
         Param("purity_clusters", "int", 10, "k-means pseudo-classes for the purity rule; set it to the expected number of classes (paper: #classes)", minimum=2),
         Param("purity_threshold", "float", 0.95, "α: δ is the largest radius with at least this fraction of pure balls (paper: 0.95)", minimum=0.0, exclusive_minimum=True, maximum=1.0),
     ),
+    include_rule="the includes' δ-balls count as covered before the greedy starts, so the rest of the budget covers what they leave",
 )
 def select_probcover(features: np.ndarray, budget: int, ctx: RunContext, *, delta: float = 0.0,
                      purity_clusters: int = 10, purity_threshold: float = 0.95) -> tuple[np.ndarray, dict]:
@@ -305,7 +316,8 @@ def select_probcover(features: np.ndarray, budget: int, ctx: RunContext, *, delt
     Returns
     -------
     indices : (B,) int64
-        Picks in greedy order.
+        Picks in greedy order, ``ctx.include`` first (their balls covered first); never an index
+        of ``ctx.exclude`` (excluded samples still need covering: they are in the graph).
     diagnostics : dict
         ``delta`` (scalar), ``coverage`` (B,) fraction of the pool covered after each pick,
         ``covered`` (N, bool), ``mean_degree`` (scalar, ball size incl. itself),
@@ -332,8 +344,10 @@ def select_probcover(features: np.ndarray, budget: int, ctx: RunContext, *, delt
         diagnostics["purity"] = purity
         diagnostics["pseudo_label"] = labels.astype(np.int64)
     with ctx.stage("greedy"):
+        blocked = ctx.blocked(n)
         picks, coverage, covered = greedy_max_coverage(
-            indptr, indices, budget, ctx.rng(2), progress=lambda f: ctx.progress(0.8 + 0.2 * f, "greedy coverage")
+            indptr, indices, budget, ctx.rng(2), progress=lambda f: ctx.progress(0.8 + 0.2 * f, "greedy coverage"),
+            forced=ctx.include, blocked=blocked if blocked.any() else None,
         )
     diagnostics.update(
         delta=float(delta),

@@ -12,7 +12,12 @@ import numpy as np
 from .base import RunContext, register_method
 
 
-@register_method("random", summary="uniform random sample without replacement (seeded)", params=())
+@register_method(
+    "random",
+    summary="uniform random sample without replacement (seeded)",
+    params=(),
+    include_rule="the includes are kept and the rest of the budget is drawn uniformly from the samples neither included nor excluded",
+)
 def select_random(features: np.ndarray, budget: int, ctx: RunContext) -> tuple[np.ndarray, dict]:
     """Draw ``budget`` distinct pool indices uniformly at random.
 
@@ -28,10 +33,17 @@ def select_random(features: np.ndarray, budget: int, ctx: RunContext) -> tuple[n
     Returns
     -------
     indices : (budget,) int64
-        Distinct indices in draw order.
+        Distinct indices: ``ctx.include`` first, then the draws (never from ``ctx.exclude``).
     diagnostics : dict
         Empty: there is nothing to explain about a uniform draw.
     """
+    n = features.shape[0]
     with ctx.stage("sample"):
-        picks = ctx.rng(0).choice(features.shape[0], size=budget, replace=False)
+        blocked = ctx.blocked(n)
+        if blocked.any():
+            free = np.flatnonzero(~blocked)
+            drawn = free[ctx.rng(0).choice(free.size, size=budget - ctx.include.size, replace=False)]
+            picks = np.concatenate([ctx.include, drawn])
+        else:
+            picks = ctx.rng(0).choice(n, size=budget, replace=False)
     return picks.astype(np.int64), {}

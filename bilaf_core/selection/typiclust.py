@@ -87,6 +87,8 @@ def cluster_typicality(x: np.ndarray, assign: np.ndarray, n_clusters: int, neigh
         Param("min_cluster_size", "int", 5, "clusters with fewer members are skipped while larger ones have samples left (paper: 5)", minimum=1),
         Param("neighbors", "int", 20, "typicality = 1 / mean distance to this many nearest neighbours in the cluster (paper: 20)", minimum=1),
     ),
+    include_rule="the includes count as picks already made in their clusters (a cluster holding one is covered), so the "
+                 "fewest-picks rule sends the rest of the budget to the clusters they leave uncovered",
 )
 def select_typiclust(features: np.ndarray, budget: int, ctx: RunContext, *, max_clusters: int = 500,
                      min_cluster_size: int = 5, neighbors: int = 20) -> tuple[np.ndarray, dict]:
@@ -106,7 +108,8 @@ def select_typiclust(features: np.ndarray, budget: int, ctx: RunContext, *, max_
     Returns
     -------
     indices : (B,) int64
-        Picks in selection order.
+        Picks in selection order, ``ctx.include`` first (counted as picks of their clusters);
+        never an index of ``ctx.exclude`` (excluded samples still shape clusters and typicality).
     diagnostics : dict
         ``typicality`` (N,), ``assignment`` (N,) k-means cluster of every sample,
         ``cluster_of_pick`` (B,), ``cluster_size`` (K,).
@@ -125,21 +128,32 @@ def select_typiclust(features: np.ndarray, budget: int, ctx: RunContext, *, max_
         )
     with ctx.stage("select"):
         sizes = np.diff(starts)
-        taken = np.zeros(n_clusters, dtype=np.int64)  # picks so far per cluster
+        include = ctx.include
+        # The candidates of each cluster, most typical first: every member that is neither
+        # included (already a pick) nor excluded (never a pick).  Without constraints: all.
+        blocked = ctx.blocked(n)
+        by_typ = by_typ[~blocked[by_typ]]
+        avail_starts = np.concatenate([[0], np.cumsum(np.bincount(assign[by_typ], minlength=n_clusters))])
+        avail_sizes = np.diff(avail_starts)
+        used = np.zeros(n_clusters, dtype=np.int64)  # candidates picked so far per cluster
+        taken = np.bincount(assign[include], minlength=n_clusters).astype(np.int64)  # picks per cluster, includes too
         large = sizes >= min_cluster_size
         picks = np.empty(budget, dtype=np.int64)
         cluster_of_pick = np.empty(budget, dtype=np.int64)
-        for t in range(budget):
-            left = taken < sizes
+        picks[: include.size] = include
+        cluster_of_pick[: include.size] = assign[include]
+        for t in range(include.size, budget):
+            left = used < avail_sizes
             eligible = left & large
             if not eligible.any():  # only small clusters have samples left: use them
                 eligible = left
             cand = np.flatnonzero(eligible)
             cand = cand[taken[cand] == taken[cand].min()]  # fewest picks so far ...
             c = cand[int(np.argmax(sizes[cand]))]  # ... then the largest (argmax: lowest id on ties)
-            picks[t] = by_typ[starts[c] + taken[c]]
+            picks[t] = by_typ[avail_starts[c] + used[c]]
             cluster_of_pick[t] = c
             taken[c] += 1
+            used[c] += 1
     return picks, {
         "typicality": typicality,
         "assignment": assign.astype(np.int64),
