@@ -104,12 +104,13 @@ def test_torch_gpu_device_choices(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2000)
 def test_cpu_smoke_runs_every_check_at_tiny_sizes(tmp_path):
-    """Every check's code path on the CPU: a few minutes on 2 busy cores (torchrun alone ~1.5 min)."""
+    """Every check's code path on the CPU: 4-8 minutes on 2 busy cores (torchrun alone 1.5-3 min)."""
     out = tmp_path / "smoke.json"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
     done = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["complete"] is True and result["mode"] == "cpu-smoke"
@@ -121,7 +122,7 @@ def test_cpu_smoke_runs_every_check_at_tiny_sizes(tmp_path):
     for r in result["rows"]:
         by_check.setdefault(r["check"], []).append(r)
     assert len(by_check["extract"]) == 3 and len(by_check["activeft"]) == 2 and len(by_check["faiss"]) == 2
-    assert len(by_check["bilaf"]) == 3 and len(by_check["finetune"]) == 1 and len(by_check["ddp"]) == 2
+    assert len(by_check["bilaf"]) == 2 and len(by_check["finetune"]) == 1 and len(by_check["ddp"]) == 2
     # both faiss sides are the CPU build here: they must agree exactly
     assert all(" 0 of " in r["measured"] for r in by_check["faiss"])
     assert by_check["bilaf"][0]["measured"].startswith("0 nearest and 0 second-nearest")
