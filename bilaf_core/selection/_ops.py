@@ -54,9 +54,12 @@ def torch_gpu_device(device: str | None = "auto"):
     """Where torch-based N x K work should run: ``"cuda"`` when asked for (or, for ``"auto"``, when
     torch sees a GPU), else None (the numpy path).
 
-    ``"auto"`` does not import torch on a machine without NVIDIA device files, so CPU-only
-    command lines keep their fast start-up; ``BILAF_NO_GPU`` forces the CPU, as for faiss.
+    ``"auto"`` does not import torch (unless it is loaded already) on a machine without NVIDIA
+    device files (``/dev/nvidiactl``; ``/dev/dxg`` under WSL), so CPU-only command lines keep
+    their fast start-up; ``BILAF_NO_GPU`` forces the CPU, as for faiss.
     """
+    import sys
+
     from ..errors import BilafError
 
     device = (device or "auto").lower()
@@ -64,8 +67,11 @@ def torch_gpu_device(device: str | None = "auto"):
         return None
     if device not in ("auto", "cuda") and not device.startswith("cuda:"):
         raise BilafError(f"unknown device {device!r}; use auto, cpu or cuda")
-    if device == "auto" and (os.environ.get("BILAF_NO_GPU") or not os.path.exists("/dev/nvidiactl")):
-        return None
+    if device == "auto":
+        if os.environ.get("BILAF_NO_GPU"):
+            return None
+        if "torch" not in sys.modules and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/dxg")):
+            return None
     import torch
 
     if torch.cuda.is_available():
