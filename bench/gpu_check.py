@@ -902,6 +902,10 @@ def main(argv=None) -> int:
             results[name] = {"status": status, "reason": reason, "seconds": round(seconds, 2),
                              "details": (child or {}).get("details", {})}
             save(final=False)
+    except (KeyboardInterrupt, SystemExit):
+        # stopped from outside (a time limit's SIGTERM, Ctrl-C): show what was measured, then stop
+        print(save(final=False) + "\n(stopped from outside before every check ran)", flush=True)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         if not args.workdir:

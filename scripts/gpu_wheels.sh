@@ -8,7 +8,7 @@
 # What that machine already has (the device library's KINDS.md): torch 2.11 (CUDA 13.0), numpy,
 # timm, pillow, scipy, scikit-learn, pandas, matplotlib, …  What it lacks:
 #   faiss-cpu 1.15.1  the project's faiss (the faiss check reports there that this build has no GPU:
-#                     PyPI's GPU build is 135 MB plus ~0.6 GB of CUDA 12 libraries, far over the
+#                     PyPI's GPU build is 135 MB plus ~1.2 GB of CUDA 12 libraries, far over the
 #                     64 MiB a call may carry; docs/gpu.md)
 # It is carried with --no-deps: its needs (numpy, packaging) are on that machine.  The machine's own
 # timm is used, not the project's pin: ViT-S/16 and EfficientNet-Lite0 are the same networks in any
