@@ -50,7 +50,38 @@ def pairwise_dist(a: np.ndarray, b: np.ndarray, *, a_sq=None, b_sq=None, squared
     return d2 if squared else np.sqrt(d2, out=d2)
 
 
-def nearest_rows(x: np.ndarray, centers: np.ndarray, *, chunk: int = DEFAULT_CHUNK):
+def torch_gpu_device(device: str | None = "auto"):
+    """Where torch-based N x K work should run: ``"cuda"`` when asked for (or, for ``"auto"``, when
+    torch sees a GPU), else None (the numpy path).
+
+    ``"auto"`` does not import torch (unless it is loaded already) on a machine without NVIDIA
+    device files (``/dev/nvidiactl``; ``/dev/dxg`` under WSL), so CPU-only command lines keep
+    their fast start-up; ``BILAF_NO_GPU`` forces the CPU, as for faiss.
+    """
+    import sys
+
+    from ..errors import BilafError
+
+    device = (device or "auto").lower()
+    if device == "cpu":
+        return None
+    if device not in ("auto", "cuda") and not device.startswith("cuda:"):
+        raise BilafError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if device == "auto":
+        if os.environ.get("BILAF_NO_GPU"):
+            return None
+        if "torch" not in sys.modules and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/dxg")):
+            return None
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda" if device == "auto" else device
+    if device == "auto":
+        return None
+    raise BilafError(f"device {device!r} was asked for but torch sees no CUDA GPU; use auto or cpu")
+
+
+def nearest_rows(x: np.ndarray, centers: np.ndarray, *, chunk: int = DEFAULT_CHUNK, device: str | None = None):
     """For each row of `x`: index of and distance to its nearest row of `centers` (ties: the lower
     index), computed in chunks.  Also returns the second-nearest (index, distance), which callers
     use for 'nearest *other* centre' without a second pass; -1/inf when there is one centre.
@@ -59,7 +90,13 @@ def nearest_rows(x: np.ndarray, centers: np.ndarray, *, chunk: int = DEFAULT_CHU
     and as few passes as possible: ‖x‖² is constant along a row and cannot change the argmin, so
     the ranking uses ‖c‖² − 2·xᵀc (the −2 folded into the centres, exact in floating point) and
     only the two winners per row get the full distance and a square root.
+
+    `device` None (or ``"cpu"``) runs numpy/BLAS here; a torch device name (``"cuda"``) runs the
+    same arithmetic in float32 through torch on that device (:func:`torch_gpu_device` picks it).
+    Results agree with the numpy path except where two centres tie to float rounding.
     """
+    if device is not None and str(device) != "cpu":
+        return nearest_rows_torch(x, centers, device=device)
     n, k = x.shape[0], centers.shape[0]
     centers = np.ascontiguousarray(centers, dtype=np.float32)
     c_sq = sq_norms(centers)
@@ -86,11 +123,59 @@ def nearest_rows(x: np.ndarray, centers: np.ndarray, *, chunk: int = DEFAULT_CHU
     return first_idx, first_dist, second_idx, second_dist
 
 
-def flat_index(dim: int):
-    """An exact L2 faiss index, on the GPU when faiss has one."""
+#: elements per N x K score block on a torch device: 2**28 float32 = 1 GB
+TORCH_BLOCK_ELEMENTS = 1 << 28
+
+
+def nearest_rows_torch(x: np.ndarray, centers: np.ndarray, *, device="cuda", block_elements: int = TORCH_BLOCK_ELEMENTS):
+    """:func:`nearest_rows` through torch on `device` (any torch device; the GPU is the point).
+
+    The centres stay on the device; the rows of `x` go there one block at a time, so a pool
+    larger than the GPU's memory works too.  Same ranking as the numpy path (‖c‖² − 2·xᵀc, ties to
+    the lower index: ``argmin`` returns the first minimum), in float32 matrix products (not TF32:
+    torch's default float32 precision is left as it is, and the default is full float32).
+    """
+    import torch
+
+    dev = torch.device(device)
+    n, k = x.shape[0], centers.shape[0]
+    centers = np.ascontiguousarray(centers, dtype=np.float32)
+    c = torch.from_numpy(centers).to(dev)
+    c_sq = torch.from_numpy(sq_norms(centers)).to(dev)
+    minus_two_c_t = (c * -2.0).T.contiguous()
+    first_idx = np.empty(n, dtype=np.int64)
+    first_dist = np.empty(n, dtype=np.float32)
+    second_idx = np.full(n, -1, dtype=np.int64)
+    second_dist = np.full(n, np.inf, dtype=np.float32)
+    rows = max(1, int(block_elements) // max(k, 1))
+    with torch.inference_mode():
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            block_np = np.ascontiguousarray(x[start:stop], dtype=np.float32)
+            block = torch.from_numpy(block_np).to(dev)
+            x_sq = torch.from_numpy(sq_norms(block_np)).to(dev)
+            score = torch.addmm(c_sq.unsqueeze(0), block, minus_two_c_t)
+            best = score.argmin(dim=1, keepdim=True)
+            first_idx[start:stop] = best[:, 0].cpu().numpy()
+            first_dist[start:stop] = torch.sqrt(torch.clamp(score.gather(1, best)[:, 0] + x_sq, min=0)).cpu().numpy()
+            if k > 1:
+                score.scatter_(1, best, float("inf"))
+                second = score.argmin(dim=1, keepdim=True)
+                second_idx[start:stop] = second[:, 0].cpu().numpy()
+                second_dist[start:stop] = torch.sqrt(torch.clamp(score.gather(1, second)[:, 0] + x_sq, min=0)).cpu().numpy()
+    return first_idx, first_dist, second_idx, second_dist
+
+
+#: the largest k faiss' GPU indexes can search (GPU_MAX_SELECTION_K); larger k stays on the CPU
+FAISS_GPU_MAX_K = 2048
+
+
+def flat_index(dim: int, *, k: int = 1, metric: str = "l2"):
+    """An exact faiss index (L2 or inner product), on the GPU when faiss has one and `k`, the
+    number of neighbours it will be asked for, is within what GPU search supports."""
     faiss = faiss_module()
-    index = faiss.IndexFlatL2(dim)
-    if gpu_count() > 0:  # pragma: no cover - CI has no GPU
+    index = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+    if gpu_count() > 0 and k <= FAISS_GPU_MAX_K:  # pragma: no cover - CI has no GPU
         index = faiss.index_cpu_to_all_gpus(index)
     return index
 
@@ -99,7 +184,7 @@ def knn(database: np.ndarray, queries: np.ndarray, k: int, *, chunk: int = 65536
     """Exact k nearest neighbours (euclidean distances, not squared) of `queries` in `database`."""
     database = np.ascontiguousarray(database, dtype=np.float32)
     k = int(min(k, database.shape[0]))
-    index = flat_index(database.shape[1])
+    index = flat_index(database.shape[1], k=k)
     index.add(database)
     dists = np.empty((queries.shape[0], k), dtype=np.float32)
     ids = np.empty((queries.shape[0], k), dtype=np.int64)
@@ -318,12 +403,9 @@ def uncovered_clusters(assign: np.ndarray, n_clusters: int, covered_by: np.ndarr
 def ip_topk(database: np.ndarray, queries: np.ndarray, k: int, *, chunk: int = 16384):
     """Exact top-k rows of `database` by inner product for each query (faiss IndexFlatIP).
     Returns (similarities (Q, k) descending, ids (Q, k))."""
-    faiss = faiss_module()
     database = np.ascontiguousarray(database, dtype=np.float32)
     k = int(min(k, database.shape[0]))
-    index = faiss.IndexFlatIP(database.shape[1])
-    if gpu_count() > 0:  # pragma: no cover - CI has no GPU
-        index = faiss.index_cpu_to_all_gpus(index)
+    index = flat_index(database.shape[1], k=k, metric="ip")
     index.add(database)
     sims = np.empty((queries.shape[0], k), dtype=np.float32)
     ids = np.empty((queries.shape[0], k), dtype=np.int64)

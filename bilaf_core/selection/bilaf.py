@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import BilafError
-from ._ops import nearest_rows, pairwise_dist, sq_norms
+from ._ops import nearest_rows, pairwise_dist, sq_norms, torch_gpu_device
 from .activeft import ACTIVEFT_PARAMS, activeft_optimize
 from .base import Param, RunContext, check_indices, register_method
 
@@ -68,7 +68,10 @@ BILAF_PARAMS = (
     Param("compat", "str", "none", "'reference' reproduces the public reference code's picks exactly, its denoising bug included", choices=("none", "reference")),
 ) + tuple(
     # The ActiveFT core stage's own options, under the same names as for `activeft`.
-    Param(p.name, p.kind, p.default, "core stage (ActiveFT): " + p.help, p.choices, p.minimum, p.maximum, p.exclusive_minimum)
+    Param(p.name, p.kind, p.default,
+          "core stage (ActiveFT) and the assignment to the nearest core: auto (GPU when present), cpu or cuda"
+          if p.name == "device" else "core stage (ActiveFT): " + p.help,
+          p.choices, p.minimum, p.maximum, p.exclusive_minimum)
     for p in ACTIVEFT_PARAMS
     if p.name not in ("compat", "record_history")
 )
@@ -85,15 +88,16 @@ def default_core_budget(budget: int, n_pool: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def assign_to_cores(features: np.ndarray, core_indices: np.ndarray):
+def assign_to_cores(features: np.ndarray, core_indices: np.ndarray, device: str | None = None):
     """Step 1.  Nearest core of every sample (ties: the lower core position) and the nearest
-    *other* core, in one chunked pass.
+    *other* core, in one chunked pass (on the torch `device` when given, e.g. ``"cuda"``: the
+    N x K product is the whole-process hot spot at ImageNet scale).
 
     Each core is forced into its own cluster: with duplicate features two cores are equally near
     and a core must never end up outside its own pseudo-class.
     Returns (cluster (N,), opponent cluster (N,), distance to the opponent core (N,)).
     """
-    first, first_dist, second, second_dist = nearest_rows(features, features[core_indices])
+    first, first_dist, second, second_dist = nearest_rows(features, features[core_indices], device=device)
     cluster = first.copy()
     cluster[core_indices] = np.arange(core_indices.size)
     own_is_first = first == cluster
@@ -371,7 +375,8 @@ def _plan_key(features, core_indices, *params):
     return (digest.hexdigest(), tuple(float(p) for p in params))
 
 
-def _bilaf_default(features, core_indices, budget, ctx, *, density_neighbors, removal_fraction, ring_fraction, opponent_penalty):
+def _bilaf_default(features, core_indices, budget, ctx, *, density_neighbors, removal_fraction, ring_fraction, opponent_penalty,
+                   device=None):
     n = features.shape[0]
     k_cores = core_indices.size
     key = _plan_key(features, core_indices, density_neighbors, removal_fraction, ring_fraction)
@@ -380,7 +385,7 @@ def _bilaf_default(features, core_indices, budget, ctx, *, density_neighbors, re
     fresh = plan is None
     with ctx.stage("assign"):
         if fresh:
-            plan = _Plan(*assign_to_cores(features, core_indices), clusters=[])
+            plan = _Plan(*assign_to_cores(features, core_indices, device), clusters=[])
         order = np.argsort(plan.cluster, kind="stable")  # members of each cluster, ascending ids
         bounds = np.searchsorted(plan.cluster[order], np.arange(k_cores + 1))
     ctx.progress(0.62, "assigned samples to pseudo-class centres")
@@ -706,16 +711,15 @@ def select_bilaf(
             ctx.timings[f"core_{stage}"] = seconds
     ctx.progress(0.6, f"{core_indices.size} core samples chosen")
 
-    run = _bilaf_reference if reference else _bilaf_default
+    stage_options = dict(density_neighbors=density_neighbors, removal_fraction=removal_fraction,
+                         ring_fraction=ring_fraction, opponent_penalty=opponent_penalty)
+    if reference:  # the reference's float64 cdist, bit for bit: always on the CPU
+        run = _bilaf_reference
+    else:
+        run = _bilaf_default
+        stage_options["device"] = torch_gpu_device(core_options.get("device", "auto"))
     picks, scores, opponents, pick_cluster, cluster, ring_level, removed, allocation, sizes = run(
-        features,
-        np.asarray(core_indices, dtype=np.int64),
-        budget,
-        ctx,
-        density_neighbors=density_neighbors,
-        removal_fraction=removal_fraction,
-        ring_fraction=ring_fraction,
-        opponent_penalty=opponent_penalty,
+        features, np.asarray(core_indices, dtype=np.int64), budget, ctx, **stage_options
     )
     picks = np.asarray(picks, dtype=np.int64)
     diagnostics = {
