@@ -71,7 +71,8 @@ def features_of(model, pixels: np.ndarray, image_size: int, mean, std, batch: in
 
     from bilaf_core.features import _to_model_input
 
-    model.eval()
+    if hasattr(model, "eval"):  # a LayerFeatures wrapper is built in eval mode already
+        model.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(pixels), batch):

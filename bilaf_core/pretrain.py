@@ -160,7 +160,7 @@ def augment(x, size: int, view: ViewAugment, generator):
         x = torch.where(chosen(view.blur_prob), flat.view(n, 3, size, size), x)
     if view.solarize_prob > 0:
         x = torch.where(chosen(view.solarize_prob) & (x >= 0.5), 1.0 - x, x)
-    return x
+    return x.clamp(0.0, 1.0)  # blurring can overshoot by a rounding error
 
 
 # --------------------------------------------------------------------------------------------
@@ -774,6 +774,26 @@ def _feature_dim(backbone, image_size: int) -> int:
     probe = copy.deepcopy(backbone).cpu().eval()
     with torch.no_grad():
         return int(probe(torch.zeros(2, 3, image_size, image_size)).shape[1])
+
+
+def pretrain_command(*, dataset: str, out_dir, arch: str, method: str, epochs: int, init: str = "random",
+                     root=None, split: str = "train", limit=None, image_size=None, seed: int = 0, batch_size=None,
+                     **_ignored) -> str:
+    """The ``python -m bilaf_core pretrain …`` line that repeats (or resumes) a run: what the app's
+    job records in the training log, and what the page shows."""
+    import shlex
+
+    parts = ["python", "-m", "bilaf_core", "pretrain", "--dataset", dataset]
+    for flag, value in (("--root", root), ("--split", None if split == "train" else split), ("--limit", limit)):
+        if value is not None:
+            parts += [flag, str(value)]
+    parts += ["--arch", arch, "--method", method, "--epochs", str(epochs)]
+    for flag, value in (("--image-size", image_size), ("--init", None if init == "random" else init),
+                        ("--seed", seed or None), ("--batch-size", batch_size)):
+        if value is not None:
+            parts += [flag, str(value)]
+    parts += ["--out", str(out_dir)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _command_line() -> str:
