@@ -103,15 +103,16 @@ with tab_extract:
         pt_epochs = int(q3.number_input("Epochs", 1, 1000, 10, key="pt_epochs"))
         pt_size = int(q4.number_input("Image size (0 = the images' own)", 0, 1024, 0, key="pt_size",
                                       help="Training and extraction input side in pixels."))
-        pt_name = st.text_input("Name", value=f"{dataset}-{pt_arch}-{pt_method}", key="pt_name",
-                                help="Folder under <workspace>/backbones; extract with pool:NAME.")
-        if st.button("Pretrain", key="pt_start", disabled=(common.dataset_needs_root(dataset) and not root) or not pt_name.strip()):
+        pt_default_name = f"{dataset}-{pt_arch}-{pt_method}"
+        pt_name = st.text_input("Name", key="pt_name", placeholder=pt_default_name,
+                                help="Folder under <workspace>/backbones; extract with pool:NAME.").strip() or pt_default_name
+        if st.button("Pretrain", key="pt_start", disabled=common.dataset_needs_root(dataset) and not root):
             try:
                 st.session_state["pt_job"] = jobs_mod.submit_pretrain(
                     common.job_manager(), dataset=dataset, root=root, limit=limit, arch=pt_arch, method=pt_method,
                     epochs=pt_epochs, image_size=pt_size or None,
                     init="imagenet" if pt_arch == "efficientnet-lite0" else "random",
-                    out_dir=Path(common.workspace().root) / "backbones" / pt_name.strip().replace("/", "-"))
+                    out_dir=Path(common.workspace().root) / "backbones" / pt_name.replace("/", "-"))
                 st.rerun()
             except BilafError as exc:
                 st.error(str(exc))
