@@ -603,10 +603,11 @@ def _pretrain(*, pool, dataset, spec, arch, method_spec, epochs, image_size, out
         raise BilafError(f"{out} holds a pretrain run with other settings ({'; '.join(differences)}); repeat that run's "
                          "command to resume it, or choose another --out")
     done_epochs = int((checkpoint_meta or {}).get("epoch", 0))
-    if config is not None and previous == identity and int(config.get("epochs_done", 0)) >= epochs:
-        if int(config["epochs_done"]) > epochs:
-            raise BilafError(f"{out} already holds this run trained for {config['epochs_done']} epochs; ask for more "
-                             "epochs to extend it, or choose another --out")
+    finished = config is not None and previous == identity and int(config.get("epochs_done", 0)) >= epochs
+    if finished and int(config["epochs_done"]) > epochs:
+        raise BilafError(f"{out} already holds this run trained for {config['epochs_done']} epochs; ask for more "
+                         "epochs to extend it, or choose another --out")
+    if dist.broadcast(finished):  # every rank returns (only rank 0 read the folder)
         report(1.0, f"pretrain: already trained ({epochs} epochs) in {out}")
         log = _read_json(out / LOG_FILE) or {}
         return PretrainResult(out=out, backbone=backbone_name_for(out), epochs=epochs,

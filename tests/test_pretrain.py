@@ -282,3 +282,33 @@ def test_app_job_runs_and_dedupes_by_folder(tmp_path):
         assert log["sessions"][0]["command"].startswith("python -m bilaf_core pretrain --dataset synthetic --limit 32")
     finally:
         manager.shutdown()
+
+
+@pytest.mark.slow  # two torchrun launches of two processes each: ~1 min on a quiet 2-core machine
+def test_torchrun_two_gloo_processes_train_one_backbone(tmp_path):
+    """``torch.distributed.run --nproc_per_node=2``: the batch is split over 2 CPU ranks (losses
+    gathered), rank 0 writes; repeating the command returns the finished backbone on every rank."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={port}", "-m", "bilaf_core", "pretrain", "--dataset", "synthetic", "--limit", "32",
+               "--arch", "tiny-cnn", "--method", "simclr", "--epochs", "1", "--batch-size", "16", "--threads", "1",
+               "--quiet", "--out", str(tmp_path / "ddp")]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for attempt in ("train", "finished"):
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        printed = [line for line in result.stdout.splitlines() if line.strip()]
+        assert printed[0] == str(tmp_path / "ddp") and len(printed) == 2  # rank 0 alone prints
+    assert "already trained" in printed[1]
+    log = json.loads((tmp_path / "ddp" / LOG_FILE).read_text())
+    assert log["sessions"][0]["device"] == "cpu (1 thread) x 2 processes" and log["epochs"][0]["images"] == 32
+    assert extract_features("synthetic", f"pool:{tmp_path / 'ddp'}", limit=8, out_dir=tmp_path / "fs").is_dir()
