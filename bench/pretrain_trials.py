@@ -42,6 +42,11 @@ RECIPES = {
     "small-simclr": dict(arch="small-cnn", method="simclr", image_size=28, batch_size=256),
     "lite0-simclr-imagenet": dict(arch="efficientnet-lite0", method="simclr", init="imagenet", image_size=32, batch_size=128),
     "lite0-byol-imagenet": dict(arch="efficientnet-lite0", method="byol", init="imagenet", image_size=32, batch_size=128),
+    # domain adaptation of the offline default's own feature (blocks.4), trained only up to that stage
+    "lite0-b4-simclr-imagenet": dict(arch="efficientnet-lite0", method="simclr", init="imagenet", image_size=48,
+                                     batch_size=128, feature_layer="blocks.4"),
+    "lite0-b4-byol-imagenet": dict(arch="efficientnet-lite0", method="byol", init="imagenet", image_size=48,
+                                   batch_size=128, feature_layer="blocks.4"),
 }
 
 
@@ -115,7 +120,7 @@ def run_trial(name: str, steps: int, points: int, out_root: Path, results: Path,
     """Train recipe `name` for `points` epochs of `steps` steps, evaluating after each epoch."""
     import torch
 
-    from bilaf_core.backbones import _create
+    from bilaf_core.backbones import LayerFeatures, _create
     from bilaf_core.pretrain import CHECKPOINT_FILE, architecture_spec, pretrain
 
     recipe = dict(RECIPES[name])
@@ -130,8 +135,11 @@ def run_trial(name: str, steps: int, points: int, out_root: Path, results: Path,
         tick = time.process_time()
         state = torch.load(out / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["module"]
         model = _create(spec, recipe["image_size"])
-        model.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
-        accuracy = evaluate_module(model, recipe["image_size"], spec.mean, spec.std)
+        weights = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        model.load_state_dict({k[len("model."):] if k.startswith("model.") else k: v for k, v in weights.items()})
+        layer = recipe.get("feature_layer", "pooled")
+        network = model if layer == "pooled" else LayerFeatures(model.eval(), layer)
+        accuracy = evaluate_module(network, recipe["image_size"], spec.mean, spec.std)
         eval_cpu[0] += time.process_time() - tick
         _append(results, {**tag, "epoch": epoch, "images_seen": epoch * steps * recipe["batch_size"],
                           "train_cpu_s": round(time.process_time() - start_cpu - eval_cpu[0], 1),

@@ -265,6 +265,46 @@ def build_network(spec: BackboneSpec, init: str, image_size: int, seed: int):
     return model, {"kind": "file", "path": str(source.path), "digest": source.digest}
 
 
+def up_to_layer(model, layer: str, image_size: int):
+    """`model` trained only up to `layer`: its output, spatially averaged, is the embedding — the
+    same computation extraction runs for that layer (:class:`bilaf_core.backbones.LayerFeatures`),
+    at about the cost of the layers before it.  The parameters after `layer` are frozen (they get
+    no gradient) and keep their starting values in the saved weights."""
+    import torch
+
+    from .backbones import LayerFeatures
+
+    class UpToLayer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.features = LayerFeatures(model, layer)  # registers the stopping hook
+
+        def forward(self, x):
+            return self.features(x)
+
+    wrapped = UpToLayer()
+    wrapped.layer = layer
+    was_training = model.training
+    model.eval()  # the probe must not move batch-norm statistics
+    try:
+        wrapped(torch.zeros(2, 3, image_size, image_size)).sum().backward()
+    except Exception as exc:
+        raise BilafError(f"--image-size {image_size} does not fit {layer} ({type(exc).__name__}: {exc})") from None
+    finally:
+        model.train(was_training)
+    for parameter in model.parameters():
+        if parameter.grad is None:
+            parameter.requires_grad_(False)
+        parameter.grad = None
+    return wrapped
+
+
+def saved_network(backbone):
+    """The timm model inside a training backbone (unwrapping :func:`up_to_layer`)."""
+    return backbone.model if hasattr(backbone, "features") and hasattr(backbone, "model") else backbone
+
+
 def _check_image_size(model, spec: BackboneSpec, image_size: int) -> int:
     """Run one tiny batch at `image_size`; the architecture's own complaint becomes a BilafError.
     Returns the feature dimension."""
@@ -572,12 +612,14 @@ def _pretrain(*, pool, dataset, spec, arch, method_spec, epochs, image_size, out
     on_gpu = device.type == "cuda"
     report(0.0, f"pretrain: building {spec.name}")
     network, start = build_network(spec, init, image_size, seed)
-    feature_dim = _check_image_size(network, spec, image_size)
     from .backbones import available_layers
 
     layers = available_layers(network)
     if feature_layer not in layers:
         raise BilafError(f"unknown --feature-layer {feature_layer!r} for {spec.name}; valid layers: {', '.join(layers)}")
+    if feature_layer != "pooled":
+        network = up_to_layer(network, feature_layer, image_size)
+    feature_dim = _check_image_size(network, spec, image_size)
 
     global_batch = int(batch_size or DEFAULT_BATCH_SIZE[device.type])
     global_batch = min(global_batch, len(pool))
@@ -747,7 +789,7 @@ def _write_backbone(out: Path, backbone, spec, arch, method_spec, identity, epoc
     from .backbones import file_digest
 
     weights_name = f"weights-{epochs}ep.pth"
-    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in saved_network(backbone).state_dict().items()}
     _save_torch(out / weights_name, state, "weights")
     atomic_write_json(out / LOG_FILE, log, indent=1)
     config = {

@@ -312,3 +312,18 @@ def test_torchrun_two_gloo_processes_train_one_backbone(tmp_path):
     log = json.loads((tmp_path / "ddp" / LOG_FILE).read_text())
     assert log["sessions"][0]["device"] == "cpu (1 thread) x 2 processes" and log["epochs"][0]["images"] == 32
     assert extract_features("synthetic", f"pool:{tmp_path / 'ddp'}", limit=8, out_dir=tmp_path / "fs").is_dir()
+
+
+def test_training_up_to_a_layer_keeps_the_later_layers_and_extracts_that_layer(tmp_path):
+    from bilaf_core.pretrain import architecture_spec, build_network
+
+    result = pretrain(**TINY, method="byol", epochs=1, feature_layer="stages.1", out_dir=tmp_path / "cut")
+    config = json.loads((result.out / "backbone.json").read_text())
+    assert (config["default_layer"], config["feature_dim"]) == ("stages.1", 64)
+    trained = _weights(result.out)
+    start = build_network(architecture_spec("tiny-cnn"), "random", 32, seed=0)[0].state_dict()
+    assert set(trained) == set(start)  # the whole network is saved …
+    assert torch.equal(trained["stages.2.0.0.weight"], start["stages.2.0.0.weight"])  # … after the layer: untouched
+    assert not torch.equal(trained["stages.0.0.0.weight"], start["stages.0.0.0.weight"])  # before it: trained
+    fs = load_feature_set(extract_features("synthetic", result.backbone, limit=16, out_dir=tmp_path / "fs"))
+    assert fs.meta["layer"] == "stages.1" and fs.dim == 64
