@@ -10,6 +10,7 @@ is measured and left out of the training CPU seconds.
     nice -n 10 python bench/pretrain_trials.py baseline
     nice -n 10 python bench/pretrain_trials.py trial tiny-vicreg --steps 60 --points 4
     python bench/pretrain_trials.py evaluate pool:/path/to/backbone
+    python bench/pretrain_trials.py checkpoint /path/to/running/backbone-folder   # watch a long run
 
 Every run appends its rows to ``--results`` (JSON lines), and ``table`` prints them with a
 log-linear extrapolation per recipe: 20-NN ≈ a + b·ln(CPU seconds).  Runs on one thread
@@ -103,6 +104,25 @@ def evaluate_backbone(backbone: str, *, layer: str | None = None, image_size: in
     return evaluate_module(built.module, built.image_size, built.mean, built.std)
 
 
+def evaluate_checkpoint_file(folder: Path) -> tuple[float, int]:
+    """20-NN of the last finished epoch of a running or interrupted run (its ``checkpoint.pt``),
+    and that epoch — to watch a long run without stopping it."""
+    import torch
+
+    from bilaf_core.backbones import LayerFeatures, _create
+    from bilaf_core.pretrain import CHECKPOINT_FILE, architecture_spec
+
+    checkpoint = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    identity = checkpoint["identity"]
+    spec = architecture_spec(identity["arch"])
+    model = _create(spec, identity["image_size"])
+    weights = {k[len("backbone."):]: v for k, v in checkpoint["module"].items() if k.startswith("backbone.")}
+    model.load_state_dict({k[len("model."):] if k.startswith("model.") else k: v for k, v in weights.items()})
+    layer = identity.get("feature_layer", "pooled")
+    network = model if layer == "pooled" else LayerFeatures(model.eval(), layer)
+    return evaluate_module(network, identity["image_size"], spec.mean, spec.std), int(checkpoint["epoch"])
+
+
 def raw_pixels_accuracy() -> float:
     train_x, train_y = _fashion("train", REFERENCES)
     test_x, test_y = _fashion("test", QUERIES)
@@ -118,13 +138,9 @@ def _append(results: Path, row: dict) -> None:
 
 def run_trial(name: str, steps: int, points: int, out_root: Path, results: Path, lr: float | None = None) -> None:
     """Train recipe `name` for `points` epochs of `steps` steps, evaluating after each epoch."""
-    import torch
-
-    from bilaf_core.backbones import LayerFeatures, _create
-    from bilaf_core.pretrain import CHECKPOINT_FILE, architecture_spec, pretrain
+    from bilaf_core.pretrain import CHECKPOINT_FILE, pretrain
 
     recipe = dict(RECIPES[name])
-    spec = architecture_spec(recipe["arch"])
     out = out_root / name
     eval_cpu = [0.0]
     start_cpu, start_wall = time.process_time(), time.perf_counter()
@@ -133,13 +149,7 @@ def run_trial(name: str, steps: int, points: int, out_root: Path, results: Path,
 
     def evaluate_checkpoint(epoch: int) -> None:
         tick = time.process_time()
-        state = torch.load(out / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["module"]
-        model = _create(spec, recipe["image_size"])
-        weights = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        model.load_state_dict({k[len("model."):] if k.startswith("model.") else k: v for k, v in weights.items()})
-        layer = recipe.get("feature_layer", "pooled")
-        network = model if layer == "pooled" else LayerFeatures(model.eval(), layer)
-        accuracy = evaluate_module(network, recipe["image_size"], spec.mean, spec.std)
+        accuracy, _ = evaluate_checkpoint_file(out)
         eval_cpu[0] += time.process_time() - tick
         _append(results, {**tag, "epoch": epoch, "images_seen": epoch * steps * recipe["batch_size"],
                           "train_cpu_s": round(time.process_time() - start_cpu - eval_cpu[0], 1),
@@ -167,12 +177,13 @@ def run_trial(name: str, steps: int, points: int, out_root: Path, results: Path,
 def print_table(results: Path, horizon_cpu_s: float) -> None:
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     by_recipe: dict[str, list] = {}
-    for row in rows:
-        by_recipe.setdefault(row["recipe"], []).append(row)
-    print(f"{'recipe':<24} {'epoch':>5} {'images':>8} {'train CPU s':>11} {'20-NN':>6} {'load':>5}")
+    for row in rows:  # one curve per trial run: recipe and steps per short epoch
+        name = row["recipe"] + (f" ({row['steps_per_epoch']} st/ep)" if row.get("steps_per_epoch") else "")
+        by_recipe.setdefault(name, []).append(row)
+    print(f"{'recipe':<44} {'epoch':>5} {'images':>8} {'train CPU s':>11} {'20-NN':>6} {'load':>5}")
     for name, recipe_rows in by_recipe.items():
         for row in recipe_rows:
-            print(f"{name:<24} {row.get('epoch', ''):>5} {row.get('images_seen', ''):>8} {row.get('train_cpu_s', 0):>11.0f} "
+            print(f"{name:<44} {row.get('epoch', ''):>5} {row.get('images_seen', ''):>8} {row.get('train_cpu_s', 0):>11.0f} "
                   f"{row['knn20']:>6.3f} {row.get('load', 0):>5.1f}")
     print(f"\nlog-linear fit 20-NN = a + b ln(CPU s), extrapolated to {horizon_cpu_s:.0f} single-thread CPU seconds:")
     for name, recipe_rows in by_recipe.items():
@@ -183,7 +194,7 @@ def print_table(results: Path, horizon_cpu_s: float) -> None:
         y = np.array([p[1] for p in points])
         b, a = np.polyfit(x, y, 1)
         residual = float(np.sqrt(np.mean((a + b * x - y) ** 2)))
-        print(f"  {name:<24} a={a:.3f} b={b:.4f} per e-fold, fit rms {residual:.3f} → {a + b * math.log(horizon_cpu_s):.3f}")
+        print(f"  {name:<44} a={a:.3f} b={b:.4f} per e-fold, fit rms {residual:.3f} → {a + b * math.log(horizon_cpu_s):.3f}")
 
 
 def main(argv=None) -> int:
@@ -204,6 +215,8 @@ def main(argv=None) -> int:
     evaluate.add_argument("backbone")
     evaluate.add_argument("--layer")
     evaluate.add_argument("--image-size", type=int)
+    watch = sub.add_parser("checkpoint", help="20-NN of a running/interrupted run's last finished epoch")
+    watch.add_argument("folder", type=Path)
     table = sub.add_parser("table", help="print the results with the extrapolation")
     table.add_argument("--horizon", type=float, default=2 * 3600 * 1.6,
                        help="single-thread CPU seconds of the long run (default: 2 h x 1.6, two threads' speed-up)")
@@ -214,12 +227,18 @@ def main(argv=None) -> int:
                                "knn20": evaluate_backbone("efficientnet-lite0")})
         _append(args.results, {"recipe": "efficientnet-lite0 pooled 32px", "train_cpu_s": 0,
                                "knn20": evaluate_backbone("efficientnet-lite0", layer="pooled", image_size=32)})
+        for size in (32, 48):  # the starting points of the blocks.4 domain-adaptation recipes
+            _append(args.results, {"recipe": f"efficientnet-lite0 blocks.4 {size}px", "train_cpu_s": 0,
+                                   "knn20": evaluate_backbone("efficientnet-lite0", layer="blocks.4", image_size=size)})
         _append(args.results, {"recipe": "raw pixels", "train_cpu_s": 0, "knn20": raw_pixels_accuracy()})
         print(f"baseline evaluation took {time.process_time() - tick:.0f} CPU s")
     elif args.what == "trial":
         run_trial(args.recipe, args.steps, args.points, args.out_root, args.results, lr=args.lr)
     elif args.what == "evaluate":
         print(f"20-NN {evaluate_backbone(args.backbone, layer=args.layer, image_size=args.image_size):.4f}")
+    elif args.what == "checkpoint":
+        accuracy, epoch = evaluate_checkpoint_file(args.folder)
+        print(f"epoch {epoch}: 20-NN {accuracy:.4f}")
     else:
         print_table(args.results, args.horizon)
     return 0
