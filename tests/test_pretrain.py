@@ -327,3 +327,17 @@ def test_training_up_to_a_layer_keeps_the_later_layers_and_extracts_that_layer(t
     assert not torch.equal(trained["stages.0.0.0.weight"], start["stages.0.0.0.weight"])  # before it: trained
     fs = load_feature_set(extract_features("synthetic", result.backbone, limit=16, out_dir=tmp_path / "fs"))
     assert fs.meta["layer"] == "stages.1" and fs.dim == 64
+
+
+def test_evaluate_finetune_runs_on_features_of_a_pretrained_backbone(tmp_path, monkeypatch):
+    """extract → evaluate --mode finetune: the backbone is rebuilt from meta["backbone"] (pool:…)
+    with its own weights, the test split extracted with the same backbone."""
+    from bilaf_core.finetune import evaluate_selection
+
+    monkeypatch.setenv("BILAF_WORKSPACE", str(tmp_path / "ws"))
+    result = pretrain(**TINY, method="simclr", epochs=1, out_dir=tmp_path / "bb")
+    pool = extract_features("synthetic", result.backbone, limit=64, out_dir=tmp_path / "fs")
+    evaluation = evaluate_selection(pool, np.arange(32), "finetune", seed=0, checkpoint_dir=tmp_path / "ckpt",
+                                    epochs=1, image_size=32, batch_size=16, device="cpu", num_workers=0)
+    assert evaluation.params["backbone"] == result.backbone and evaluation.params["weights_digest"].startswith("sha256:")
+    assert evaluation.params["test_set"] == "synthetic test split (100 samples)" and 0.0 <= evaluation.accuracy <= 1.0
