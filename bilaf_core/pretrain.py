@@ -608,7 +608,6 @@ def _pretrain(*, pool, dataset, spec, arch, method_spec, epochs, image_size, out
               workers, init, cores, feature_layer, max_steps, command, report, dist) -> PretrainResult:
     import torch
 
-    started_session = time.perf_counter()
     on_gpu = device.type == "cuda"
     report(0.0, f"pretrain: building {spec.name}")
     network, start = build_network(spec, init, image_size, seed)
@@ -774,16 +773,15 @@ def _pretrain(*, pool, dataset, spec, arch, method_spec, epochs, image_size, out
         dist.barrier()
 
     if dist.rank == 0:
-        _write_backbone(out, module.backbone, spec, arch, method_spec, identity, epochs, image_size, feature_layer, log,
-                        dataset)
+        _write_backbone(out, module.backbone, spec, arch, method_spec, identity, epochs, image_size, feature_layer, log)
     dist.barrier()
     report(1.0, f"pretrain: {epochs} epochs done; extract with --backbone {backbone_name_for(out)}")
     return PretrainResult(out=out, backbone=backbone_name_for(out), epochs=epochs, final_loss=final_loss,
                           train_seconds=float(log.get("train_seconds", 0.0)), resumed_from_epoch=done_epochs, log=log)
 
 
-def _write_backbone(out: Path, backbone, spec, arch, method_spec, identity, epochs, image_size, feature_layer, log,
-                    dataset) -> None:
+def _write_backbone(out: Path, backbone, spec, arch, method_spec, identity, epochs, image_size, feature_layer,
+                    log) -> None:
     """weights-<E>ep.pth, then backbone.json (last: it points at the new weights, so a reader
     sees either the old complete backbone or the new one), then drop older weight files."""
     from .backbones import file_digest
