@@ -15,6 +15,11 @@ Registered names (:func:`available_backbones`):
   only when the user allows the network (``--download``), or loaded from ``--weights PATH`` (e.g.
   the paper's ``dino_deitsmall16_pretrain.pth``).  Feature: the [CLS] token after the final norm.
 * any other timm model name, with ``--weights PATH`` (or ``--download``).
+* ``pool:NAME`` — a backbone made by ``python -m bilaf_core pretrain`` (self-supervised on an
+  image pool, :mod:`bilaf_core.pretrain`): NAME is a folder under ``<workspace>/backbones/`` or a
+  path to a backbone folder (``backbone.json`` + ``weights.pth``).  Its weights are local, its
+  architecture, input size, normalisation and feature layer come from ``backbone.json``.  The small
+  CNNs of :mod:`bilaf_core.small_cnn` are timm models too (``bilaf_small_cnn``, ``bilaf_tiny_cnn``).
 
 ``weights="random"`` builds a randomly initialised model (seeded) — for speed tests only.
 
@@ -74,6 +79,8 @@ class BackboneSpec:
     fold_batchnorm: bool = False
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+    #: a local weights file that belongs to this backbone (``pool:`` backbones; kind "pretrained")
+    weights_file: str | None = None
 
     def variant(self) -> str:
         """A string that changes when the architecture built for the same weights changes (cache key)."""
@@ -109,15 +116,88 @@ register_backbone(BackboneSpec(
 
 
 def available_backbones() -> list[str]:
-    """Registered backbone names, in display order (any timm model name also works with weights)."""
-    return list(_REGISTRY)
+    """Registered backbone names, in display order, then the pretrained ``pool:NAME`` backbones of
+    the workspace (any timm model name also works with weights)."""
+    return list(_REGISTRY) + pool_backbone_names()
+
+
+POOL_PREFIX = "pool:"
+#: the file that marks a finished pretrained backbone folder (written last, atomically)
+BACKBONE_CONFIG = "backbone.json"
+
+
+def pool_backbones_root() -> Path:
+    """``<workspace>/backbones``: where ``pretrain`` writes by default and ``pool:NAME`` looks."""
+    from .datasets import workspace_root
+
+    return workspace_root() / "backbones"
+
+
+def pool_backbone_names() -> list[str]:
+    """``pool:NAME`` for every finished pretrained backbone folder under :func:`pool_backbones_root`."""
+    root = pool_backbones_root()
+    try:
+        folders = sorted(p for p in root.iterdir() if (p / BACKBONE_CONFIG).is_file())
+    except OSError:
+        return []
+    return [POOL_PREFIX + p.name for p in folders]
+
+
+def pool_backbone_folder(name: str) -> Path:
+    """The folder behind ``pool:NAME`` (a name under the workspace's backbones, or a path)."""
+    ref = name[len(POOL_PREFIX):] if name.startswith(POOL_PREFIX) else name
+    if not ref:
+        raise BilafError("pool: needs a backbone name or folder, e.g. pool:fashion-mnist-small-cnn")
+    looks_like_path = "/" in ref or ref.startswith(("~", "."))
+    return Path(ref).expanduser().resolve() if looks_like_path else pool_backbones_root() / ref
+
+
+def _pool_spec(name: str) -> BackboneSpec:
+    """The spec of a pretrained backbone folder, from its ``backbone.json``."""
+    import json
+
+    folder = pool_backbone_folder(name)
+    config_path = folder / BACKBONE_CONFIG
+    if not config_path.is_file():
+        known = pool_backbone_names()
+        hint = f"; pretrained backbones here: {', '.join(known)}" if known else ""
+        raise BilafError(f"{folder} holds no finished pretrained backbone ({BACKBONE_CONFIG} missing): train one with "
+                         f"`python -m bilaf_core pretrain --out {folder} …`, or finish an interrupted run by repeating "
+                         f"its command{hint}")
+    try:
+        config = json.loads(config_path.read_text())
+        weights_file = folder / config["weights_file"]
+        spec = BackboneSpec(
+            name=name, timm_name=config["timm_model"],
+            summary=(f"pretrained on {config['dataset']['name']} ({config['method']}, {config['epochs_done']} epochs, "
+                     f"{config['arch']}); {config['default_layer']} at {config['image_size']} px"),
+            default_image_size=int(config["image_size"]), default_layer=config["default_layer"],
+            create_kwargs=tuple(sorted((config.get("create_kwargs") or {}).items())),
+            bundled_weights=True, fixed_input_size=bool(config.get("fixed_input_size")),
+            fold_batchnorm=bool(config.get("fold_batchnorm")), mean=tuple(config["mean"]), std=tuple(config["std"]),
+            weights_file=str(weights_file),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BilafError(f"{config_path} is unreadable or incomplete ({type(exc).__name__}: {exc}); re-run the pretrain command") from None
+    register_local_models()
+    return spec
+
+
+def register_local_models() -> None:
+    """Register this project's own timm models (:mod:`bilaf_core.small_cnn`); imports torch."""
+    from . import small_cnn  # noqa: F401  (registration happens on import)
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
-    """The spec for a registered name or any timm model name; a BilafError listing names otherwise."""
+    """The spec for a registered name, a ``pool:NAME`` backbone or any timm model name; a
+    BilafError listing names otherwise."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name.startswith(POOL_PREFIX):
+        return _pool_spec(name)
     import timm
+
+    register_local_models()
 
     if timm.is_model(name):
         cfg = timm.get_pretrained_cfg(name)
@@ -129,8 +209,8 @@ def get_backbone_spec(name: str) -> BackboneSpec:
             std=tuple(cfg.std) if cfg is not None else IMAGENET_STD,
         )
     raise BilafError(
-        f"unknown backbone {name!r}; known backbones: {', '.join(_REGISTRY)}, or any timm model name "
-        "(e.g. resnet50, vit_small_patch16_224) with --weights PATH"
+        f"unknown backbone {name!r}; known backbones: {', '.join(_REGISTRY)}, a pretrained pool:NAME, or any timm "
+        "model name (e.g. resnet50, vit_small_patch16_224) with --weights PATH"
     )
 
 
@@ -141,7 +221,8 @@ def get_backbone_spec(name: str) -> BackboneSpec:
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where a backbone's weights come from: ``bundled``, ``file``, ``timm-pretrained`` or ``random``."""
+    """Where a backbone's weights come from: ``bundled``, ``file``, ``pretrained`` (a ``pool:``
+    backbone's own file), ``timm-pretrained`` or ``random``."""
 
     kind: str
     digest: str
@@ -192,6 +273,11 @@ def resolve_weights(spec: BackboneSpec, weights=None, *, allow_network: bool = F
         if not path.is_file():
             raise BilafError(f"weights file {path} does not exist; pass a PyTorch checkpoint (.pth/.pt) with --weights")
         return WeightsSource("file", file_digest(path), path.resolve())
+    if spec.weights_file:
+        path = Path(spec.weights_file)
+        if not path.is_file():
+            raise BilafError(f"the weights of backbone {spec.name} ({path}) are missing; re-run its pretrain command")
+        return WeightsSource("pretrained", file_digest(path), path.resolve())
     if spec.bundled_weights:
         path = bundled_lite0_path()
         digest = file_digest(path)
@@ -274,6 +360,7 @@ def map_lite0_state_dict(source: dict, target: dict) -> dict:
 def _create(spec: BackboneSpec, image_size: int, *, pretrained: bool = False, num_classes: int = 0):
     import timm
 
+    register_local_models()
     kwargs = dict(spec.create_kwargs)
     if spec.fixed_input_size:
         kwargs["img_size"] = image_size
@@ -356,7 +443,7 @@ def build_backbone(spec: BackboneSpec, weights: WeightsSource, *, image_size: in
             model.reset_classifier(0)
         else:
             model = _create(spec, image_size)
-        if weights.kind == "file":
+        if weights.kind in ("file", "pretrained"):
             loaded = _load_into(model, load_checkpoint(weights.path), spec, f"{weights.path}")
     model.eval().requires_grad_(False)
     if spec.fold_batchnorm:

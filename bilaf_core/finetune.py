@@ -810,7 +810,7 @@ def build_classifier(spec, source, *, image_size: int, n_classes: int, drop_path
         model.load_state_dict(map_lite0_state_dict(state, model.state_dict()), strict=True)
     else:
         model = timm.create_model(spec.timm_name, num_classes=0, **kwargs)
-        if source.kind == "file":
+        if source.kind in ("file", "pretrained"):  # a pool: backbone: its own weights file
             _load_into(model, load_checkpoint(source.path), spec, str(source.path))
     model.reset_classifier(n_classes)
     head = model.get_classifier()

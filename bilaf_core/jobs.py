@@ -364,3 +364,30 @@ def format_duration(seconds: float | None) -> str:
         return f"{minutes} min {sec:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def submit_pretrain(manager: JobManager, *, dataset: str, out_dir: str | os.PathLike, arch: str = "small-cnn",
+                    method: str = "byol", epochs: int = 10, image_size: int | None = None, init: str = "random",
+                    root: str | None = None, split: str = "train", limit: int | None = None, seed: int = 0,
+                    batch_size: int | None = None, title: str | None = None) -> str:
+    """Queue self-supervised pretraining (:func:`bilaf_core.pretrain.pretrain`) as a background job.
+
+    One job per output folder: asking again while it runs returns the running job (and a run from
+    another process on the same folder fails on the folder's lock).  A cancelled or interrupted
+    job resumes from its last finished epoch when submitted again.  The result is
+    :meth:`PretrainResult.to_dict` (``backbone`` is the ``pool:`` name to extract with).
+    """
+    from .pretrain import pretrain_command
+
+    out = Path(out_dir).expanduser().resolve()
+    options = dict(dataset=dataset, root=root, split=split, limit=limit, arch=arch, method=method, init=init,
+                   epochs=int(epochs), image_size=image_size, seed=int(seed), batch_size=batch_size, out_dir=str(out))
+    command = pretrain_command(**options)
+
+    def work(progress: ProgressFn) -> dict:
+        from .pretrain import pretrain
+
+        return pretrain(command=command, progress=progress, **options).to_dict()
+
+    title = title or f"Pretrain {arch} · {method} · {epochs} epochs on {dataset}" + ("" if limit is None else f" ({limit:,} images)")
+    return manager.submit("pretrain", title, work, key=f"pretrain:{out}", params=options, tags={"out": str(out)})

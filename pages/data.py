@@ -81,6 +81,51 @@ with tab_extract:
         if record["status"] in ("queued", "running") or record["id"] == st.session_state.get("data_job"):
             common.show_job(record["id"], key="data", on_done=common.extraction_done)
 
+    # -------------------------------------------------------------- pretraining on this pool
+    # Self-contained block: uses only common.job_manager(), common.show_job() and common.workspace().
+    from bilaf_core import jobs as jobs_mod
+    from bilaf_core.pretrain import available_methods
+
+    pretrain_records = common.job_manager().list(kind="pretrain", limit=3)
+    pretrain_running = any(r["status"] in jobs_mod.ACTIVE for r in pretrain_records)
+    with st.expander("Pretrain on this pool (self-supervised, no labels)", expanded=pretrain_running):
+        st.caption(
+            "Train a backbone on the images of the pool chosen above — never their labels — so the features fit "
+            "your domain. The result appears under **Backbone** as `pool:NAME`. A cancelled run resumes from its "
+            "last finished epoch when started again with the same settings; see docs/pretrain.md for what to expect."
+        )
+        q1, q2, q3, q4 = st.columns(4)
+        pt_arch = q1.selectbox("Architecture", ["small-cnn", "tiny-cnn", "efficientnet-lite0"], key="pt_arch",
+                               help="small/tiny CNN: made for 28-64 px images, train on CPU. EfficientNet-Lite0: "
+                                    "continues from its ImageNet weights (slow on CPU).")
+        pt_method = q2.selectbox("Method", available_methods(), key="pt_method",
+                                 help="SimCLR (contrastive), BYOL or VICReg (non-contrastive).")
+        pt_epochs = int(q3.number_input("Epochs", 1, 1000, 10, key="pt_epochs"))
+        pt_size = int(q4.number_input("Image size (0 = the images' own)", 0, 1024, 0, key="pt_size",
+                                      help="Training and extraction input side in pixels."))
+        pt_default_name = f"{dataset}-{pt_arch}-{pt_method}"
+        pt_name = st.text_input("Name", key="pt_name", placeholder=pt_default_name,
+                                help="Folder under <workspace>/backbones; extract with pool:NAME.").strip() or pt_default_name
+        if st.button("Pretrain", key="pt_start", disabled=common.dataset_needs_root(dataset) and not root):
+            try:
+                st.session_state["pt_job"] = jobs_mod.submit_pretrain(
+                    common.job_manager(), dataset=dataset, root=root, limit=limit, arch=pt_arch, method=pt_method,
+                    epochs=pt_epochs, image_size=pt_size or None,
+                    init="imagenet" if pt_arch == "efficientnet-lite0" else "random",
+                    out_dir=Path(common.workspace().root) / "backbones" / pt_name.replace("/", "-"))
+                st.rerun()
+            except BilafError as exc:
+                st.error(str(exc))
+
+        def _pretrain_done(record: dict) -> None:
+            result = record.get("result") or {}
+            st.success(f"{record.get('title')}: done (final loss {result.get('final_loss') or 0:.4f}). Choose "
+                       f"**{result.get('backbone')}** as Backbone above and press **Extract features**.")
+
+        for record in pretrain_records:
+            if record["status"] in jobs_mod.ACTIVE or record["id"] == st.session_state.get("pt_job"):
+                common.show_job(record["id"], key="pretrain", on_done=_pretrain_done)
+
 # ------------------------------------------------------------------ bring your own embeddings
 with tab_upload:
     st.markdown(
