@@ -48,7 +48,7 @@ from _machine import cpu_model  # noqa: E402 — bench/_machine.py (this script'
 FULL = {"budgets": "10,20,50,100,200,500", "seeds": "3", "limit": None, "name": "quality"}
 PAPERS = {"budgets": "0.5%,1%,2%", "seeds": "3", "limit": None, "name": "quality-papers"}
 #: what BiLAF's paired verdict compares it with
-VERDICT_AGAINST = ("activeft", "random", "kmeans", "typiclust", "bilaf (compat reference)")
+VERDICT_AGAINST = ("activeft", "random", "kmeans", "typiclust", "bilaf (compat reference)", "bilaf (paper equation)")
 #: Fashion-MNIST's classes
 N_CLASSES = 10
 QUICK = {"budgets": "10,20,50,100", "seeds": "2", "limit": 10_000, "name": "quality-quick"}
