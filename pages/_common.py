@@ -42,11 +42,11 @@ run_through_app()
 # re-exported for the pages (``common.x``); new code may import the focused modules directly
 from pages._catalog import (backbone_bundled, backbone_names, backbone_summary, backbone_title,  # noqa: E402,F401
                             dataset_names, dataset_needs_root, dataset_summary, dataset_title, finetune_presets, split_size)
-from pages._jobs_ui import (GROUP_ABOVE, POLL_SECONDS, active_jobs, job_progress_line, page_opened_at,  # noqa: E402,F401
+from pages._jobs_ui import (GROUP_ABOVE, POLL_SECONDS, active_jobs, job_progress_line, latest_per_work, page_opened_at,  # noqa: E402,F401
                             show_job, show_jobs)
 from pages._pickers import editable_params, feature_set_picker, param_widget  # noqa: E402,F401
 from pages._store import (describe_feature_set, evaluations, feature_set_bytes, feature_set_meta,  # noqa: E402,F401
-                          feature_sets, job_manager, load_features, load_map, load_selection, pool_feature_sets,
+                          feature_sets, job_manager, load_features, load_map, load_quick_map, load_selection, pool_feature_sets,
                           selection_rows, selection_title, selections, thumbnails, workspace)
 from pages._style import (ASSETS, ROOT, asset_text, fmt_duration, fmt_size, fmt_time, fmt_time_of_day,  # noqa: E402,F401
                           method_chip, method_chip_css, param_title)

@@ -113,6 +113,14 @@ def load_map(feature_dir: str | os.PathLike):
     return _memo_array(("map",) + _stat_key(coords_path), lambda: projection.load_projection(feature_dir))
 
 
+def load_quick_map(feature_dir: str | os.PathLike):
+    """A quick 2-D layout (PCA) of a feature set, drawn while its UMAP map is computed."""
+    from bilaf_core import projection
+
+    path = Path(feature_dir) / "features.npy"
+    return _memo_array(("quick-map",) + _stat_key(path), lambda: projection.load_or_make_quick_layout(feature_dir))
+
+
 def feature_set_meta(fs: dict) -> dict:
     """meta.json of a feature set (ids, labels, class names, dataset, backbone…)."""
     import json as _json
@@ -264,6 +272,12 @@ def feature_set_bytes(fs: dict) -> int | None:
         return None
 
 
+def _minus(total, part):
+    if total is None:
+        return None
+    return max(float(total) - float(part or 0.0), 0.0)
+
+
 def evaluations(feature_set_id: str) -> list[dict]:
     """The workspace's evaluations of this feature set's selections, newest first, as flat dicts
     (selection_id, mode, accuracy, per_class, confusion, class_names, n_train, test_set, seconds,
@@ -289,6 +303,9 @@ def evaluations(feature_set_id: str) -> list[dict]:
             "test_set": params.get("test_set"),
             "seed": params.get("seed"),
             "seconds": row.get("seconds") if row.get("seconds") is not None else timings.get("total"),
+            # the evaluation's own time: without preparing (extracting, the first time) the test split
+            "train_seconds": _minus(row.get("seconds") if row.get("seconds") is not None else timings.get("total"),
+                                    timings.get("test_set")),
             "created": row.get("created"),
         })
     out.sort(key=lambda r: str(r.get("created") or ""), reverse=True)

@@ -5,6 +5,7 @@ Each is a job of :mod:`bilaf_core.jobs`; the computation itself is a call into `
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ def ensure_projection(fs: dict) -> str | None:
     if load_map(fs["path"]) is not None:
         return None
     path = fs["path"]
+    # numba's compiled UMAP kernels, cached in the workspace for every later map's child process
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(workspace().root) / ".numba-cache"))
 
     def work(progress):
         projection.project_feature_set(path, progress=progress, isolate=True)  # keeps the server's GIL free
@@ -156,6 +159,9 @@ def _follow_up(ws, fs_id: str, path: str, label: str) -> None:
     """After new features: draw the map and run BiLAF at 1% (both in the background)."""
     fs = describe_feature_set({"id": fs_id, "path": path, "meta": __import__("json").loads((Path(path) / "meta.json").read_text())})
     ensure_projection(fs)
+    from bilaf_core import projection
+
+    projection.load_or_make_quick_layout(path)  # drawn at once by the Map until UMAP is done (well under a second)
     from bilaf_core.selection import resolve_budget
 
     submit_selection(fs, "bilaf", resolve_budget("1%", fs["n"]) if fs["n"] >= 200 else max(2, fs["n"] // 10), seed=0, options={})

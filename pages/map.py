@@ -20,14 +20,18 @@ if fs is None:
     st.stop()
 
 coords = common.load_map(fs["path"])
+map_kind = "umap"
 if coords is None:
+    # The UMAP map is computed once per feature set, in the background.  Meanwhile the pool and
+    # its picks are drawn at once on a quick PCA layout, which the UMAP map replaces when ready.
     job_id = common.ensure_projection(fs)
+    coords = common.load_quick_map(fs["path"])
+    map_kind = "quick"
     st.info(
-        "Drawing the 2-D map of this feature set: UMAP runs once per feature set and is cached beside the features "
-        "(about a minute for 60 000 images on two cores). You can leave this page; the map will be here when you return."
+        "A **quick layout** (PCA) is drawn while the UMAP map of this feature set is computed in the background "
+        "(once per feature set, then cached). Clusters overlap more here; the UMAP map replaces it on its own."
     )
-    common.show_job(job_id, key="map_projection", title="2-D map")
-    st.stop()
+    common.show_job(job_id, key="map_projection", title="UMAP map")
 
 meta = common.feature_set_meta(fs)
 labels = meta.get("labels")
@@ -158,7 +162,7 @@ with l3:
     if side_by_side and shown is not None:
         cands = [i for i in ids if i != main_id]
         base_default = next((i for i in cands if by_id[i].get("method") != "bilaf"), cands[0] if cands else None)
-        side_id = st.selectbox("Beside it", cands, index=cands.index(base_default) if base_default in cands else 0, key="map_side_id",
+        side_id = st.selectbox("Baseline", cands, index=cands.index(base_default) if base_default in cands else 0, key="map_side_id",
                                format_func=lambda i: common.selection_title(by_id[i]))
         if overlay_ids:
             st.caption("“Also draw” applies to the single map; side by side, each map shows only its own selection.")
@@ -226,7 +230,7 @@ def _main_layers(with_overlays: bool) -> list[figs.PickLayer]:
 
 ranges = figs.padded_ranges(coords)
 background = _background()
-uirev = f"{fs['id']}"
+uirev = f"{fs['id']}-{map_kind}"  # a new layout resets the zoom
 events = []
 if side_id:
     # one full-width map per selection, one above the other on the same coordinates, each with
