@@ -119,7 +119,7 @@ def _background_traces(coords: np.ndarray, rows: np.ndarray, bg: Background, mar
                 marker=dict(size=marker_size, color=values.astype(np.int16), colorscale=palette.category_colorscale(n_cat),
                             cmin=-0.5, cmax=n_cat - 0.5, line=dict(width=0)),
                 **{**common, "hovertemplate": "#%{customdata} · " + (bg.title.split(" (")[0].replace("pool by ", "") or "category")
-                   + " %{marker.color}<extra></extra>", "hoverinfo": None},
+                   + " %{marker.color}<extra></extra>"},
             )
         ]
     if bg.mode == "ring" and bg.values is not None:

@@ -157,14 +157,14 @@ def find_default_selection(rows: list[dict], method: str, budget: int, seed: int
 
 def _follow_up(ws, fs_id: str, path: str, label: str) -> None:
     """After new features: draw the map and run BiLAF at 1% (both in the background)."""
-    fs = describe_feature_set({"id": fs_id, "path": path, "meta": __import__("json").loads((Path(path) / "meta.json").read_text())})
-    ensure_projection(fs)
     from bilaf_core import projection
-
-    projection.load_or_make_quick_layout(path)  # drawn at once by the Map until UMAP is done (well under a second)
     from bilaf_core.selection import resolve_budget
 
+    fs = describe_feature_set({"id": fs_id, "path": path, "meta": __import__("json").loads((Path(path) / "meta.json").read_text())})
+    projection.load_or_make_quick_layout(path)  # drawn at once by the Map until UMAP is done (well under a second)
+    # BiLAF first: it is what the first map waits for (the quick layout stands in for UMAP meanwhile)
     submit_selection(fs, "bilaf", resolve_budget("1%", fs["n"]) if fs["n"] >= 200 else max(2, fs["n"] // 10), seed=0, options={})
+    ensure_projection(fs)
 
 
 def submit_extraction(dataset: str, backbone: str, *, limit: int | None, root: str | None, follow_up: bool, weights: str | None = None) -> str:

@@ -39,8 +39,15 @@ class_names = meta.get("class_names")
 rows = common.selections(fs["id"])
 
 if not rows:
-    st.info("No selection on this feature set yet. Run BiLAF (and baselines) on the **Select** page; the pool is drawn below meanwhile.")
-    st.page_link("pages/select.py", label="Select", icon=":material/checklist:")
+    selecting = common.job_manager().list(kind="select", tags={"feature_set": fs["id"]}, active_only=True)
+    if selecting:
+        # e.g. the BiLAF run that follows an extraction: its picks are drawn the moment it is saved
+        st.info("A selection is running on this feature set; its picks are drawn here as soon as it finishes.")
+        common.show_jobs(selecting, key="map_selecting", noun="selections")
+    else:
+        st.info("No selection on this feature set yet. Run BiLAF (and baselines) on the **Select** page; "
+                "the pool is drawn below meanwhile.")
+        st.page_link("pages/select.py", label="Select", icon=":material/checklist:")
 
 # ------------------------------------------------------------------ which selection (one state behind every control)
 by_id = {r["id"]: r for r in rows}
