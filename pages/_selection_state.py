@@ -30,6 +30,7 @@ from pages._store import DERIVED_ARROW, load_selection, selection_title, workspa
 #: session keys of the Map's controls that a switch to another record must reset
 MAIN_KEY = "map_main"
 PENDING_KEY = "map_pending_main"
+GENERATION_KEY = "map_main_generation"
 EXPORT_KEY = "map_export_choice"
 
 #: roles of a pool index relative to the shown selection (gallery badge, table column)
@@ -188,18 +189,29 @@ class SelectionState:
         return np.isin(np.asarray(indices, dtype=np.int64), self.shown.indices)
 
 
+def main_key() -> str:
+    """The Selection box's widget key.  A switch made by the page (after a save) gives the box a
+    new key rather than writing the old one: a browser may still send the old box's value with
+    its next event (seen in Chromium: the map's selection event re-sent after the save), which
+    would put the old record back on screen."""
+    generation = int(st.session_state.get(GENERATION_KEY, 0))
+    return MAIN_KEY if generation == 0 else f"{MAIN_KEY}_{generation}"
+
+
 def switch_to(record_id: str) -> None:
     """Make `record_id` the shown record on the next run (every control follows)."""
+    st.session_state[GENERATION_KEY] = int(st.session_state.get(GENERATION_KEY, 0)) + 1
     st.session_state[PENDING_KEY] = record_id
 
 
-def apply_pending(ids: list[str]) -> None:
-    """Before the Selection box is drawn: honour a :func:`switch_to` of the previous run, and
-    reset Export to the shown selection (it must not stay on the old record)."""
+def pending_record(ids: list[str]) -> str | None:
+    """Before the Selection box is drawn: the record a :func:`switch_to` of the previous run
+    asked for (None if none), with Export reset to the shown selection."""
     pending = st.session_state.pop(PENDING_KEY, None)
     if pending is not None and pending in ids:
-        st.session_state[MAIN_KEY] = pending
         st.session_state.pop(EXPORT_KEY, None)
+        return pending
+    return None
 
 
 def session_edits(record_id: str) -> tuple[dict, bool]:

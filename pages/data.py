@@ -55,7 +55,7 @@ with tab_extract:
 
     split_size = common.split_size(dataset)
     size_label = f"{split_size:,}" if split_size else "all"
-    choices = [f"first {DEFAULT_LIMIT:,} images (a BiLAF map in about 2 minutes)", f"the whole split ({size_label} images)", "custom"]
+    choices = [f"first {DEFAULT_LIMIT:,} images (a first look: BiLAF is drawn as soon as the features are extracted)", f"the whole split ({size_label} images)", "custom"]
     pool_choice = st.radio("Pool size", choices, key="data_pool_choice", horizontal=True,
                            help="A limit keeps the first N images of the split (stable order).")
     if pool_choice == choices[0]:

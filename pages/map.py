@@ -55,13 +55,13 @@ ids = [r["id"] for r in rows]
 bilaf_ids = [r["id"] for r in rows if r.get("method") == "bilaf"]
 main_id = None
 overlay_ids: list[str] = []
-state_mod.apply_pending(ids)
+pending = state_mod.pending_record(ids)
 if rows:
     c1, c2 = st.columns([2, 3])
     with c1:
-        default_main = bilaf_ids[0] if bilaf_ids else ids[0]
+        default_main = pending or (bilaf_ids[0] if bilaf_ids else ids[0])
         main_id = st.selectbox(
-            "Selection", ids, index=ids.index(default_main), key=state_mod.MAIN_KEY,
+            "Selection", ids, index=ids.index(default_main), key=state_mod.main_key(),
             format_func=lambda i: common.selection_title(by_id[i]),
             help="The selection whose picks, pseudo-classes, rings and noise are drawn (BiLAF shows all its internals). "
                  "The map, the gallery, the table, Add/Remove and Export all use it — with its unsaved preview or edits.",

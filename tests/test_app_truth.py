@@ -102,6 +102,11 @@ def _event(indices) -> dict:
     return {"selection": {"points": points, "point_indices": list(range(len(points))), "box": [], "lasso": []}}
 
 
+def _selection_box(at: AppTest):
+    """The Map's Selection box (its key changes when the page switches records after a save)."""
+    return next(b for b in at.selectbox if b.label == "Selection")
+
+
 def _map(env, selection_id: str | None = None) -> AppTest:
     at = _page("map")
     if at.selectbox(key="map_fs").value != env["fs_id"]:
@@ -179,8 +184,8 @@ def test_2_saving_an_edit_shows_the_new_record_everywhere_and_unsaved_edits_surv
            and r.get("name") == "BiLAF · B=24 → edited: +3 −0"]
     assert len(new) == 1, [r.get("name") for r in env["ws"].list_selections(env["fs_id"])]
     # every control now reads the new record
-    assert again.selectbox(key="map_main").value == new[0]["id"]
-    assert again.selectbox(key="map_main").format_func(new[0]["id"]) == "BiLAF · B=24 → edited: +3 −0"
+    assert _selection_box(again).value == new[0]["id"]
+    assert _selection_box(again).format_func(new[0]["id"]) == "BiLAF · B=24 → edited: +3 −0"
     export_box = again.selectbox(key="map_export_choice")
     assert export_box.value == "shown" and export_box.format_func("shown") == "BiLAF · B=24 → edited: +3 −0"
     assert not any("unsaved" in m.value.lower() for m in again.markdown if "Edited selection" in m.value)
@@ -218,7 +223,7 @@ def test_3_budget_preview_drives_gallery_picked_by_add_remove_and_export(env):
     at.button(key="map_save_budget").click().run()
     _ok(at)
     rows = {r["id"]: r for r in env["ws"].list_selections(env["fs_id"])}
-    new_id = at.selectbox(key="map_main").value
+    new_id = _selection_box(at).value
     assert rows[new_id]["budget"] == 40 and rows[new_id]["name"] == "BiLAF · B=24 → B=40"
 
 

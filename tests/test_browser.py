@@ -213,7 +213,15 @@ def test_bilaf_selection_then_map_in_a_real_browser(tmp_path):
 
 def _box_select_all(page, plot) -> None:
     """Drag a box over the whole plotting area (Streamlit turns it into a selection event)."""
-    area = plot.locator(".nsewdrag").first.bounding_box()
+    drag = plot.locator(".nsewdrag").first
+    area = None
+    for _ in range(30):  # the figure may be redrawn just now (a rerun): wait until it is laid out
+        drag.wait_for(state="visible", timeout=60_000)
+        area = drag.bounding_box()
+        if area:
+            break
+        page.wait_for_timeout(1000)
+    assert area, "the map's plotting area never showed"
     page.mouse.move(area["x"] + 3, area["y"] + 3)
     page.mouse.down()
     page.mouse.move(area["x"] + area["width"] / 2, area["y"] + area["height"] / 2, steps=5)
@@ -270,16 +278,26 @@ def test_map_tells_the_truth_in_a_real_browser(tmp_path):
         count.press("Enter")
         expect(page.get_by_text("of 400 images (5.00%)")).to_be_visible()
         page.get_by_role("button", name="Run selection").click()
-        expect(page.get_by_text("Open the map")).to_be_visible(timeout=120_000)
+        expect(page.get_by_text("Open the map")).to_be_visible(timeout=600_000)  # generous: a shared, loaded machine
 
         page.goto(url + "/map")
         legend = page.locator(".legendtext")
-        expect(legend.filter(has_text="BiLAF boundary picks (18)").first).to_be_visible(timeout=120_000)
-        _wait_idle(page)  # the UMAP map has replaced the quick layout: the figure stays put from here
+        expect(legend.filter(has_text="BiLAF boundary picks (18)").first).to_be_visible(timeout=600_000)
+        _wait_idle(page)
+        # the UMAP map has replaced the quick layout: the figure stays put from here
+        expect(page.get_by_text("quick layout")).to_have_count(0, timeout=600_000)
         expect(legend.filter(has_text="BiLAF boundary picks (18)").first).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(2000)
         plot = page.locator(".js-plotly-plot").first
-        _box_select_all(page, plot)
-        expect(page.get_by_text("400 points selected on the map")).to_be_visible(timeout=60_000)
+        selected = page.get_by_text("400 points selected on the map")
+        for attempt in range(3):
+            _box_select_all(page, plot)
+            try:
+                expect(selected).to_be_visible(timeout=40_000)
+                break
+            except AssertionError:
+                if attempt == 2:
+                    raise
         page.get_by_role("button", name="Add 380 to the picks").click()
         expect(legend.filter(has_text="added by hand (380)").first).to_be_visible(timeout=60_000)
         page.get_by_role("button", name="Save edited selection").click()
