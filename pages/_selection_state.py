@@ -205,25 +205,40 @@ def switch_to(record_id: str) -> None:
 
 
 def pending_record(ids: list[str]) -> str | None:
-    """Before the Selection box is drawn: the record a :func:`switch_to` of the previous run
-    asked for (None if none), with Export reset to the shown selection."""
-    pending = st.session_state.pop(PENDING_KEY, None)
-    if pending is not None and pending in ids:
-        st.session_state.pop(EXPORT_KEY, None)
-        return pending
-    return None
+    """Before the Selection box is drawn: the record a :func:`switch_to` asked for (None if
+    none), written into the box's state, with Export reset to the shown selection.  It stays
+    pending until a run draws the box with it (:func:`confirm`): a run interrupted by the
+    browser's next event must not lose the switch."""
+    pending = st.session_state.get(PENDING_KEY)
+    if pending is None:
+        return None
+    if pending not in ids:
+        st.session_state.pop(PENDING_KEY, None)
+        return None
+    st.session_state[main_key()] = pending
+    st.session_state.pop(EXPORT_KEY, None)
+    return pending
+
+
+def confirm(shown_id: str | None) -> None:
+    """The Selection box shows `shown_id`: a pending switch to it is done."""
+    if shown_id is not None and st.session_state.get(PENDING_KEY) == shown_id:
+        st.session_state.pop(PENDING_KEY, None)
 
 
 def session_edits(record_id: str) -> tuple[dict, bool]:
     """The pending edits of a record in this session, restored from its draft the first time
     (the bool says whether it was restored)."""
     key = edits_key(record_id)
-    if key in st.session_state:
-        return st.session_state[key], False
-    draft = load_draft(record_id)
-    edits = {"add": list(draft["add"]), "remove": list(draft["remove"])} if draft else {"add": [], "remove": []}
-    st.session_state[key] = edits
-    return edits, bool(draft and (edits["add"] or edits["remove"]))
+    restored_key = f"map_restored_{record_id}"
+    if key not in st.session_state:
+        draft = load_draft(record_id)
+        edits = {"add": list(draft["add"]), "remove": list(draft["remove"])} if draft else {"add": [], "remove": []}
+        st.session_state[key] = edits
+        # said on every run until the restored edits are saved or discarded, not just once
+        st.session_state[restored_key] = bool(edits["add"] or edits["remove"])
+    edits = st.session_state[key]
+    return edits, bool(st.session_state.get(restored_key)) and bool(edits["add"] or edits["remove"])
 
 
 def draft_budget(record_id: str) -> int | None:
@@ -280,6 +295,7 @@ def remove(state: SelectionState, indices) -> None:
 def discard(state: SelectionState) -> None:
     """Drop the pending edits (and the draft's edits; a preview budget stays)."""
     st.session_state[edits_key(state.record_id)] = {"add": [], "remove": []}
+    st.session_state.pop(f"map_restored_{state.record_id}", None)
     _write_draft(state.record_id, state.preview_budget, {"add": [], "remove": []})
 
 
@@ -289,6 +305,7 @@ def discard_preview(state: SelectionState) -> None:
 
 
 def _clear(record_id: str) -> None:
+    st.session_state.pop(f"map_restored_{record_id}", None)
     st.session_state.pop(edits_key(record_id), None)
     st.session_state.pop(budget_key(record_id), None)
     _draft_path(record_id).unlink(missing_ok=True)
