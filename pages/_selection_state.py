@@ -202,28 +202,34 @@ def switch_to(record_id: str) -> None:
     """Make `record_id` the shown record on the next run (every control follows)."""
     st.session_state[GENERATION_KEY] = int(st.session_state.get(GENERATION_KEY, 0)) + 1
     st.session_state[PENDING_KEY] = record_id
+    st.session_state.pop(SWITCH_TRIES_KEY, None)
+
+
+#: runs in which a switch is written into the Selection box until the browser sends it back
+SWITCH_RUNS = 4
+SWITCH_TRIES_KEY = "map_pending_tries"
 
 
 def pending_record(ids: list[str]) -> str | None:
     """Before the Selection box is drawn: the record a :func:`switch_to` asked for (None if
-    none), written into the box's state, with Export reset to the shown selection.  It stays
-    pending until a run draws the box with it (:func:`confirm`): a run interrupted by the
-    browser's next event must not lose the switch."""
+    none), written into the box's state, with Export reset to the shown selection.
+
+    The switch is written again on each run until the browser sends the new value back (at
+    most SWITCH_RUNS runs): in Chromium the run right after a save can be superseded by the
+    browser's next event, which carries the box's old value and put the old record back."""
     pending = st.session_state.get(PENDING_KEY)
     if pending is None:
         return None
-    if pending not in ids:
+    tries = int(st.session_state.get(SWITCH_TRIES_KEY, 0))
+    if pending not in ids or tries >= SWITCH_RUNS or (tries > 0 and st.session_state.get(main_key()) == pending):
         st.session_state.pop(PENDING_KEY, None)
+        st.session_state.pop(SWITCH_TRIES_KEY, None)
         return None
+    st.session_state[SWITCH_TRIES_KEY] = tries + 1
     st.session_state[main_key()] = pending
-    st.session_state.pop(EXPORT_KEY, None)
+    if tries == 0:
+        st.session_state.pop(EXPORT_KEY, None)
     return pending
-
-
-def confirm(shown_id: str | None) -> None:
-    """The Selection box shows `shown_id`: a pending switch to it is done."""
-    if shown_id is not None and st.session_state.get(PENDING_KEY) == shown_id:
-        st.session_state.pop(PENDING_KEY, None)
 
 
 def session_edits(record_id: str) -> tuple[dict, bool]:

@@ -73,7 +73,6 @@ if rows:
             help="Other selections' picks on the same map, each in its method's colour (single map only).",
         )
 
-state_mod.confirm(main_id)
 main_row = by_id.get(main_id) if main_id else None
 saved = common.load_selection(main_id) if main_id else None
 

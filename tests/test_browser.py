@@ -301,13 +301,16 @@ def test_map_tells_the_truth_in_a_real_browser(tmp_path):
         page.get_by_role("button", name="Add 380 to the picks").click()
         expect(legend.filter(has_text="added by hand (380)").first).to_be_visible(timeout=60_000)
         page.get_by_role("button", name="Save edited selection").click()
-        expect(page.get_by_role("button", name="Save edited selection")).to_have_count(0, timeout=60_000)  # saved
+        # saved: the unsaved-edit panel is gone, and the legend has the hand edits as their own
+        # layer with BiLAF's counts unchanged
+        expect(page.get_by_text("Edited selection", exact=False)).to_have_count(0, timeout=60_000)
         expect(legend.filter(has_text="added by hand (380)").first).to_be_visible(timeout=60_000)
         expect(legend.filter(has_text="BiLAF boundary picks (18)").first).to_be_visible()
         expect(legend.filter(has_text="BiLAF pseudo-class centres (2)").first).to_be_visible()
-        # every control is on the new record, named after its parent
-        expect(page.locator("[data-testid=stSelectbox]").filter(has_text="BiLAF · B=20 → edited: +380 −0")).to_have_count(
-            2, timeout=60_000)  # the Selection box and Export
+        # every control shows the new record, named after its parent
+        new_title = "BiLAF · B=20 → edited: +380 −0"
+        expect(page.get_by_role("combobox", name="Selection", exact=True)).to_have_value(new_title, timeout=60_000)
+        expect(page.get_by_role("combobox", name="Selection to export")).to_have_value(new_title, timeout=60_000)
 
 
 # ------------------------------------------------------------------ slow: the offline default, end to end
