@@ -254,7 +254,7 @@ def test_map_tells_the_truth_in_a_real_browser(tmp_path):
     with _streamlit(tmp_path / "ws", tmp_path / "streamlit.log") as url, _page(1400, 1500) as page:
         # /data opened directly (a shared link, a reload) is the Data & model page, not "Page not found"
         page.goto(url + "/data")
-        expect(page.get_by_role("heading", name="Data & model")).to_be_visible()
+        expect(page.get_by_role("heading", name="Data & model")).to_be_visible(timeout=120_000)
         expect(page.get_by_text("Page not found")).to_have_count(0)
 
         page.goto(url + "/select")
