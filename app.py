@@ -16,9 +16,20 @@ st.set_page_config(page_title="BiLAF Studio", page_icon=str(ROOT / "assets" / "l
 
 from pages import _common as common  # noqa: E402  (after set_page_config)
 
+data_page = st.Page(str(PAGES / "data.py"), title="Data & model", icon=":material/dataset:", url_path="data")
+
+
+def _start() -> None:
+    """The root URL: Data & model.  Data & model itself is not the default page, because
+    Streamlit serves its default page at "/" only, and /data — a link someone shares or a reload
+    after a redirect — would then answer "Page not found"."""
+    st.switch_page(data_page)
+
+
 pages = {
     "Workflow": [
-        st.Page(str(PAGES / "data.py"), title="Data & model", icon=":material/dataset:", url_path="data", default=True),
+        st.Page(_start, title="Start", url_path="start", default=True, visibility="hidden"),
+        data_page,
         st.Page(str(PAGES / "select.py"), title="Select", icon=":material/checklist:", url_path="select"),
         st.Page(str(PAGES / "map.py"), title="Map", icon=":material/scatter_plot:", url_path="map"),
         st.Page(str(PAGES / "compare.py"), title="Finetune & compare", icon=":material/leaderboard:", url_path="compare"),

@@ -21,9 +21,12 @@ def edit_selection(selection, *, add=(), remove=(), parent_id: str | None = None
     """A new :class:`~bilaf_core.selection.Selection` with picks removed and added by hand.
 
     Kept picks keep their order and their per-pick diagnostics; added picks come last, in the
-    order given, with an empty score (NaN / -1) and ``edited_added`` True.  Pool-level
-    diagnostics (cluster, ring level, noise mask, cores) are carried over unchanged, so the
-    edited selection draws on the map like its parent.  The parent is not modified.
+    order given, with an empty score (NaN / -1) and ``edited_added`` True.  The method's own picks
+    removed by hand are recorded in ``edited_removed`` (pool indices, accumulated over successive
+    edits; a pick added by hand and removed again simply goes), so the map can draw them as a
+    layer of their own while the method's layers keep counting only the method's picks.
+    Pool-level diagnostics (cluster, ring level, noise mask, cores) are carried over unchanged,
+    so the edited selection draws on the map like its parent.  The parent is not modified.
     """
     from .errors import BilafError
     from .selection.base import Selection, check_indices
@@ -56,6 +59,14 @@ def edit_selection(selection, *, add=(), remove=(), parent_id: str | None = None
             diagnostics[name] = value
     if "edited_added" not in diagnostics:
         diagnostics["edited_added"] = np.concatenate([np.zeros(kept.size, dtype=bool), np.ones(len(added), dtype=bool)])
+    # the method's picks removed by hand (earlier edits' too), minus any added back since
+    was_added = np.asarray((selection.diagnostics or {}).get("edited_added", np.zeros(n_old, dtype=bool)), dtype=bool)
+    if was_added.size != n_old:
+        was_added = np.zeros(n_old, dtype=bool)
+    removed_now = base[~keep_mask & ~was_added]
+    before = np.asarray((selection.diagnostics or {}).get("edited_removed", np.zeros(0, np.int64)), dtype=np.int64).reshape(-1)
+    removed_all = np.union1d(before, removed_now).astype(np.int64)
+    diagnostics["edited_removed"] = removed_all[~np.isin(removed_all, indices)]
     params = dict(selection.params or {})
     params.update(budget=int(indices.size), edited_from=parent_id, added=len(added), removed=int((~keep_mask).sum()))
     return Selection(
@@ -72,6 +83,17 @@ def edit_selection(selection, *, add=(), remove=(), parent_id: str | None = None
 def indices_json(indices: Sequence[int] | np.ndarray) -> bytes:
     """``[12, 7, …]`` — the pool indices in pick order, one JSON list."""
     return (json.dumps([int(i) for i in np.asarray(indices).reshape(-1)]) + "\n").encode()
+
+
+def pick_roles(selection) -> list[str]:
+    """Per pick, in pick order: ``core`` / ``boundary`` (BiLAF), ``added`` (by hand) or ``pick``."""
+    return _pick_columns(selection)[2]
+
+
+def removed_by_hand(selection) -> np.ndarray:
+    """Pool indices of the method's picks that a hand edit removed (empty when none)."""
+    value = (selection.diagnostics or {}).get("edited_removed")
+    return np.zeros(0, np.int64) if value is None else np.asarray(value, dtype=np.int64).reshape(-1)
 
 
 def _pick_columns(selection) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -675,6 +675,16 @@ def _describe_device(device, threads: int, world: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _npy_problem(exc: Exception) -> str:
+    """What is wrong with an unreadable .npy, in words that do not suggest loading pickles:
+    numpy's own message for an object array points at ``allow_pickle=True``, which would run
+    code from the file."""
+    if "allow_pickle" in str(exc) or "pickle" in str(exc).lower():
+        return ("it holds Python objects, not numbers; such files are never loaded, as that could run code from the file. "
+                "Save a plain numeric array instead, e.g. numpy.save(path, np.asarray(embeddings, dtype='float32'))")
+    return str(exc)
+
+
 def _read_ids(path: Path, n: int) -> list[str]:
     if not path.is_file():
         raise BilafError(f"ids file {path} does not exist")
@@ -711,7 +721,7 @@ def _read_labels(path: Path, n: int) -> list[int]:
         try:
             labels = np.load(path, allow_pickle=False)
         except Exception as exc:
-            raise BilafError(f"labels file {path} is not a readable .npy array ({exc})") from None
+            raise BilafError(f"labels file {path} is not a readable .npy array ({_npy_problem(exc)})") from None
     else:
         try:
             labels = np.asarray(json.loads(path.read_text(encoding="utf-8")))
@@ -744,7 +754,7 @@ def import_embeddings(npy_path, *, ids_path=None, labels_path=None, out_dir) -> 
     try:
         array = np.load(npy_path, allow_pickle=False)
     except Exception as exc:
-        raise BilafError(f"embeddings file {npy_path} is not a readable .npy array ({exc}); save it with numpy.save") from None
+        raise BilafError(f"embeddings file {npy_path} is not a readable .npy array ({_npy_problem(exc)}); save it with numpy.save") from None
     if array.ndim != 2:
         raise BilafError(f"embeddings must be a 2-D (N, D) array, got shape {array.shape}")
     if array.dtype.kind not in "fiu":

@@ -50,7 +50,25 @@ def core_layer(indices, *, name: str = "pseudo-class centres (cores)") -> PickLa
 
 
 def noise_layer(indices, *, name: str = "removed as noise") -> PickLayer:
-    return PickLayer(name=name, indices=np.asarray(indices, dtype=np.int64), color=palette.NOISE_COLOR, symbol="x-thin-open", size=6, outline=palette.NOISE_COLOR, opacity=0.8)
+    return PickLayer(name=name, indices=np.asarray(indices, dtype=np.int64), color=palette.NOISE_COLOR, symbol="x-thin-open",
+                     size=7, outline=palette.NOISE_COLOR, opacity=0.9)
+
+
+#: legend names of the hand-edit layers (the browser acceptance check reads them)
+ADDED_NAME = "added by hand"
+REMOVED_NAME = "removed by hand"
+
+
+def added_layer(indices, *, hover=None) -> PickLayer:
+    """Picks a person added on the Map: their own colour and layer, never a method's."""
+    return PickLayer(name=ADDED_NAME, indices=np.asarray(indices, dtype=np.int64), color=palette.ADDED_COLOR, symbol="circle",
+                     size=9, hover=hover)
+
+
+def removed_layer(indices) -> PickLayer:
+    """The method's picks a person removed: drawn hollow (a ring), so they read as not picked."""
+    return PickLayer(name=REMOVED_NAME, indices=np.asarray(indices, dtype=np.int64), color=palette.REMOVED_COLOR,
+                     symbol="circle-open", size=12, outline=palette.REMOVED_COLOR)
 
 
 @dataclasses.dataclass
@@ -92,13 +110,16 @@ def _background_traces(coords: np.ndarray, rows: np.ndarray, bg: Background, mar
                     )
                 )
             return traces
-        cyc = len(palette.CATEGORY_COLORS)
+        # many categories (50-300 pseudo-classes): one colour each from a large muted palette, no
+        # cycling (a cycled palette gave 5 pseudo-classes the same colour), the id in the hover
+        n_cat = max(n_cat, 1)
         return [
             go.Scattergl(
                 x=x, y=y, name=bg.title or "pool",
-                marker=dict(size=marker_size, color=(values % cyc).astype(np.int16), colorscale=palette.category_colorscale(cyc),
-                            cmin=0, cmax=cyc, line=dict(width=0)),
-                hovertemplate=hover, **common,
+                marker=dict(size=marker_size, color=values.astype(np.int16), colorscale=palette.category_colorscale(n_cat),
+                            cmin=-0.5, cmax=n_cat - 0.5, line=dict(width=0)),
+                **{**common, "hovertemplate": "#%{customdata} · " + (bg.title.split(" (")[0].replace("pool by ", "") or "category")
+                   + " %{marker.color}<extra></extra>"},
             )
         ]
     if bg.mode == "ring" and bg.values is not None:
@@ -162,7 +183,8 @@ def map_figure(
                 x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=f"{layer.name} ({idx.size:,})",
                 customdata=idx.astype(np.int32), text=list(layer.hover) if layer.hover is not None else None, hovertemplate=hover,
                 opacity=layer.opacity, visible=True if layer.visible else "legendonly",
-                marker=dict(size=layer.size, color=layer.color, symbol=layer.symbol, line=dict(width=0.8, color=layer.outline)),
+                marker=dict(size=layer.size, color=layer.color, symbol=layer.symbol,
+                            line=dict(width=2.0 if layer.symbol.endswith("-open") else 0.8, color=layer.outline)),
                 unselected=dict(marker=dict(opacity=0.55)),
             )
         )
@@ -194,7 +216,7 @@ def map_figure(
 #: plotly marker symbols as text, for legends drawn outside a figure
 _SYMBOL_GLYPHS = {
     "diamond": "◆", "star": "★", "circle": "●", "square": "■", "square-open": "□", "triangle-up": "▲",
-    "triangle-down": "▼", "pentagon": "⬟", "hexagon": "⬢", "cross": "✚", "x-thin-open": "✕",
+    "triangle-down": "▼", "pentagon": "⬟", "hexagon": "⬢", "cross": "✚", "x-thin-open": "✕", "circle-open": "○",
 }
 
 

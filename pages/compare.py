@@ -141,17 +141,20 @@ with st.container(border=True):
                 st.error(str(exc))
         st.rerun()
 
-common.show_jobs(
-    [r for r in common.job_manager().list(kind="evaluate", tags={"feature_set": fs["id"]}, limit=30)
-     if r["status"] in ("queued", "running")
-     or (r["status"] in ("failed", "interrupted", "cancelled") and (r.get("finished") or 0) > common.page_opened_at())],
-    key="compare", noun="evaluations",
-)
+eval_jobs = [r for r in common.job_manager().list(kind="evaluate", tags={"feature_set": fs["id"]}, limit=30)
+             if r["status"] in ("queued", "running")
+             or (r["status"] in ("failed", "interrupted", "cancelled") and (r.get("finished") or 0) > common.page_opened_at())]
+common.show_jobs(eval_jobs, key="compare", noun="evaluations")
+n_running = sum(1 for r in common.latest_per_work(eval_jobs) if r["status"] in ("queued", "running"))
 
 # ------------------------------------------------------------------ results
 evaluations = [e for e in evaluations if e["selection_id"] in by_id]
 if not evaluations:
-    st.info("No result yet: pick selections above and press **Evaluate** (the linear probe takes seconds).")
+    if n_running:
+        st.info(f"{n_running} evaluation{'s are' if n_running > 1 else ' is'} running: the table and the charts appear here "
+                "as soon as the first one finishes.")
+    else:
+        st.info("No result yet: pick selections above and press **Evaluate** (the linear probe takes seconds).")
     st.stop()
 
 # the newest evaluation per (selection, training)
@@ -171,7 +174,7 @@ for (sid, mode_), e in latest.items():
         "test accuracy (%)": round(100 * e["accuracy"], 2),
         "trained on": e.get("n_train"),
         "tested on": e.get("test_set") or "",
-        "time": common.fmt_duration(e.get("seconds")),
+        "time": common.fmt_duration(e.get("train_seconds")),
         "runs": sum(1 for x in evaluations if x["selection_id"] == sid and x["mode"] == mode_),
         "when": common.fmt_time(e.get("created")),
     })
@@ -181,6 +184,8 @@ st.dataframe(
     column_config={
         "test accuracy (%)": st.column_config.ProgressColumn("test accuracy (%)", min_value=0, max_value=100, format="%.2f"),
         "runs": st.column_config.NumberColumn("runs", help="evaluations of this selection with this training; the newest is shown"),
+        "time": st.column_config.TextColumn("time", help="training and scoring; preparing the test split (extracting its "
+                                                         "features once, then cached) is not counted"),
     },
 )
 

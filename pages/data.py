@@ -9,6 +9,7 @@ import streamlit as st
 
 from bilaf_core.errors import BilafError
 from pages import _common as common
+from pages import _uploads as upload_errors
 
 DEFAULT_DATASET = "fashion-mnist"
 DEFAULT_BACKBONE = "efficientnet-lite0"
@@ -54,7 +55,7 @@ with tab_extract:
 
     split_size = common.split_size(dataset)
     size_label = f"{split_size:,}" if split_size else "all"
-    choices = [f"first {DEFAULT_LIMIT:,} images (a BiLAF map in about 2 minutes)", f"the whole split ({size_label} images)", "custom"]
+    choices = [f"first {DEFAULT_LIMIT:,} images (a first look: BiLAF is drawn as soon as the features are extracted)", f"the whole split ({size_label} images)", "custom"]
     pool_choice = st.radio("Pool size", choices, key="data_pool_choice", horizontal=True,
                            help="A limit keeps the first N images of the split (stable order).")
     if pool_choice == choices[0]:
@@ -134,25 +135,25 @@ with tab_upload:
         "colouring the map and evaluating, never for selecting)."
     )
     u1, u2, u3 = st.columns(3)
-    npy = u1.file_uploader("features (.npy)", type=["npy"], key="data_up_npy")
+    # .txt / .csv are accepted here so that the page can say what to do with them (a plain
+    # "npy only" filter just greyed the file out and Import stayed disabled without a word)
+    npy = u1.file_uploader("features (.npy)", type=["npy", "txt", "csv"], key="data_up_npy")
     ids_file = u2.file_uploader("ids (optional)", type=["txt", "csv", "json"], key="data_up_ids")
     labels_file = u3.file_uploader("labels (optional)", type=["npy", "txt", "csv", "json"], key="data_up_labels")
+    features_problem = upload_errors.features_file_problem(npy.name) if npy is not None else None
+    if features_problem:
+        st.error(features_problem)
     name = st.text_input("Name", value=(Path(npy.name).stem if npy else ""), key="data_up_name", placeholder="my-embeddings")
-    if st.button("Import", disabled=npy is None, key="data_import"):
+    if st.button("Import", disabled=npy is None or features_problem is not None, key="data_import"):
         with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            paths = {}
-            for key, up in (("npy", npy), ("ids", ids_file), ("labels", labels_file)):
-                if up is not None:
-                    p = tmp / f"{key}-{Path(up.name).name}"
-                    p.write_bytes(up.getvalue())
-                    paths[key] = p
+            # each file under its own name (in its own folder), so an error can name the user's file
+            paths, names = upload_errors.stage_uploads(Path(tmp), {"npy": npy, "ids": ids_file, "labels": labels_file})
             try:
                 fs_id = common.import_embeddings(paths["npy"], paths.get("ids"), paths.get("labels"), name=name or "embeddings")
                 st.session_state["feature_set_id"] = fs_id
                 st.success("Imported. Run a selection on the **Select** page; the map is being drawn meanwhile.")
             except BilafError as exc:
-                st.error(str(exc))
+                st.error(upload_errors.user_message(str(exc), names))
 
 # ------------------------------------------------------------------ cached feature sets
 st.subheader("Feature sets in this workspace")

@@ -219,7 +219,16 @@ def _facts(key: str) -> list[str]:
                 "press ▶ to replay how they moved"]
     if key == "3_assign":
         sizes = np.bincount(cluster, minlength=k)
-        return [f"{k} pseudo-classes of {sizes.min()}–{sizes.max()} members"]
+        facts = [f"{k} pseudo-classes of {sizes.min()}–{sizes.max()} members"]
+        merged = merged_classes(pool.blob, cluster)
+        if merged:
+            groups = "; ".join(" and ".join(f"class {b}" for b in group) + f" share pseudo-class {c}" for c, group in merged)
+            facts.append(f"**Not one pseudo-class per class here:** {groups} — the cores missed a class "
+                         "(ActiveFT optimises coverage of the feature space, not the hidden classes). "
+                         "Try another seed or more cores.")
+        else:
+            facts.append(f"each of the {n_blobs} hidden classes has a pseudo-class of its own")
+        return facts
     if key == "4_rings":
         return [f"up to {int(ring.max())} rings per pseudo-class", f"ring fraction {knobs['ring_fraction']:.2f}: each ring adds that share of its cluster"]
     if key == "5_denoise":
@@ -228,6 +237,15 @@ def _facts(key: str) -> list[str]:
     if key == "6_boundary":
         return [f"{k} cores + {boundary.size} boundary picks = {budget}", f"opponent penalty δ = {knobs['opponent_penalty']:.2f}"]
     return []
+
+
+def merged_classes(blob: np.ndarray, cluster: np.ndarray) -> list[tuple[int, list[int]]]:
+    """(pseudo-class, [hidden classes]) for every pseudo-class that holds the majority of more
+    than one hidden class — what step 3 must admit when the cores missed a class."""
+    majority: dict[int, list[int]] = {}
+    for b in np.unique(blob[blob >= 0]):
+        majority.setdefault(int(np.bincount(cluster[blob == b]).argmax()), []).append(int(b))
+    return [(c, group) for c, group in sorted(majority.items()) if len(group) > 1]
 
 
 def _classes_covered(indices):
@@ -264,8 +282,12 @@ if step == "7_compare":
     for col, method in zip(cols, methods):
         chosen = picks if method == "bilaf" else _baseline(method, n_blobs, per_blob, noise, seed, budget)
         with col:
+            if method == "bilaf":  # its two kinds of picks, as in steps 2 and 6: core stars and boundary diamonds
+                layers = [figs.method_layer("bilaf", boundary, name="BiLAF boundary picks"), figs.core_layer(core_idx, name="core samples")]
+            else:
+                layers = [figs.method_layer(method, chosen)]
             fig = figs.toy_figure(pool.xy, color_values=pool.blob, color_mode="blob", height=360, ranges=ranges, show_legend=False,
-                                  layers=[figs.method_layer(method, chosen)], title=palette.method_label(method))
+                                  layers=layers, title=palette.method_label(method))
             st.plotly_chart(fig, width="stretch", key=f"learn_cmp_{method}", config={"displaylogo": False})
         covered, outliers = _classes_covered(chosen)
         summary.append({"method": palette.method_label(method), "classes with ≥ 1 pick": f"{covered} / {n_blobs}",

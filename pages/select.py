@@ -26,20 +26,29 @@ c1, c2, c3 = st.columns([1.2, 1.2, 1])
 with c1:
     unit = st.radio("Budget as", ["percentage of the pool", "count"], horizontal=True, key="select_budget_unit")
 with c2:
+    # No min/max on these boxes: a bounded st.number_input keeps its last valid value when the user
+    # types 0 or 20 000 (a red box, then Run ran at the old budget).  Every value is accepted here
+    # and checked below, where a bad one disables Run and says why.
     if unit == "count":
-        budget_value = st.number_input("images to label", 1, n_pool, min(max(2, n_pool // 100), n_pool), step=10, key="select_budget_count")
-        budget_text = str(int(budget_value))
+        budget_value = st.number_input("images to label", value=min(max(2, n_pool // 100), n_pool), step=10, key="select_budget_count")
+        budget_text = None if budget_value is None else str(int(budget_value))
     else:
-        pct = st.number_input("% of the pool", 0.01, 100.0, 1.0, step=0.5, format="%.2f", key="select_budget_pct")
-        budget_text = f"{pct:g}%"
+        pct = st.number_input("% of the pool", value=1.0, step=0.5, format="%.2f", key="select_budget_pct")
+        budget_text = None if pct is None else f"{pct:g}%"
 with c3:
     seed = st.number_input("seed", 0, 2**31 - 1, 0, key="select_seed", help="same inputs + seed = same picks")
-try:
-    budget = resolve_budget(budget_text, n_pool)
+budget, budget_problem = None, None
+if budget_text is None:
+    budget_problem = "Enter a budget: how many images to label."
+else:
+    try:
+        budget = resolve_budget(budget_text, n_pool)
+    except BilafError as exc:
+        budget_problem = f"Budget {budget_text} cannot run: {exc}"
+if budget_problem:
+    st.error(budget_problem)
+else:
     st.caption(f"**{budget:,}** of {n_pool:,} images ({100 * budget / n_pool:.2f}%).")
-except BilafError as exc:
-    st.error(str(exc))
-    st.stop()
 
 # ------------------------------------------------------------------ methods
 st.subheader("Methods")
@@ -73,10 +82,29 @@ for method in methods:
             st.caption("This method has no parameters besides the budget and the seed.")
         options[method] = {k: v for k, v in values.items() if v is not None and v != get_method(method).param(k).default}
 
-run = st.button("Run selection", type="primary", disabled=not methods, key="select_run")
-if not methods:
-    st.info("Pick at least one method above.")
-if run:
+rows_saved = common.workspace().list_selections(fs["id"])
+
+
+def _identical(method: str) -> str | None:
+    try:
+        return common.find_identical_selection(rows_saved, method, budget, int(seed), options.get(method, {}))
+    except BilafError:  # a bad option: the run reports it
+        return None
+
+
+reused = {m: _identical(m) for m in methods} if budget else {}
+why_not = budget_problem or ("Pick at least one method above." if not methods else None)
+run = st.button("Run selection", type="primary", disabled=why_not is not None, key="select_run",
+                help=why_not or "Runs each method in the background; an identical saved selection is reused, not run again.")
+if why_not and not budget_problem:
+    st.info(why_not)
+elif budget_problem:
+    st.caption("Run is disabled until the budget is valid.")
+if reused and any(reused.values()):
+    titles = {r["id"]: r["title"] for r in common.selections(fs["id"])}
+    st.caption("Already saved with these settings (reused, not run again): "
+               + ", ".join(titles.get(sid, sid) for sid in reused.values() if sid))
+if run and not why_not:
     for method in methods:
         try:
             common.submit_selection(fs, method, budget, seed=int(seed), options=options.get(method, {}))

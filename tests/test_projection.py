@@ -150,3 +150,38 @@ def test_isolated_projection_reports_bad_input_and_cancels(tmp_path):
     left = projection.load_projection(d2)
     if left is not None:
         np.testing.assert_array_equal(left, projection.compute_projection(x)[0])
+
+
+def test_quick_layout_is_immediate_cached_and_separates_blobs(tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(c, 0.3, (200, 16)) for c in (np.eye(16)[0] * 6, np.eye(16)[1] * 6)]).astype(np.float32)
+    np.save(tmp_path / "features.npy", x)
+    coords = projection.load_or_make_quick_layout(tmp_path)
+    assert coords.shape == (400, 2) and coords.dtype == np.float32
+    assert projection.quick_layout_path(tmp_path).is_file()
+    np.testing.assert_array_equal(projection.load_or_make_quick_layout(tmp_path), coords)  # read back, same
+    a, b = coords[:200].mean(axis=0), coords[200:].mean(axis=0)
+    assert np.linalg.norm(a - b) > 3 * coords[:200].std(axis=0).max()  # the two blobs lie apart
+
+
+def test_layout_epochs_are_fitted_to_the_pool():
+    assert projection.layout_epochs(1_000) == 500
+    assert projection.layout_epochs(10_000) == 200  # UMAP's own default would be 500 here
+    assert projection.resolve_params(n_epochs=50)["n_epochs"] == 50
+    with pytest.raises(BilafError, match="n_epochs"):
+        projection.resolve_params(n_epochs=3)
+
+
+def test_child_caches_every_numba_kernel(tmp_path):
+    """The map's child makes numba cache all kernels (UMAP marks few cache=True): a kernel
+    compiled there leaves cache files in NUMBA_CACHE_DIR."""
+    import subprocess
+    import sys
+
+    module = tmp_path / "kernel_mod.py"
+    module.write_text("import numba\n\n@numba.njit\ndef twice(x):\n    return 2 * x\n")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from bilaf_core.projection import _cache_numba_kernels; "
+            "_cache_numba_kernels(); import kernel_mod; assert kernel_mod.twice(3) == 6")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(projection._PROJECT_ROOT))
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env=env, timeout=300)
+    assert list((tmp_path / "cache").rglob("*.nbi")), "numba left no cache index"
