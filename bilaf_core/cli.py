@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the command line as given (main() is also called with a list, where sys.argv is the caller's)
+    args.command_line = ["python", "-m", "bilaf_core"] + list(sys.argv[1:] if argv is None else argv)
     previous = os.environ.get("BILAF_WORKSPACE")
     if getattr(args, "workspace", None):
         # one mechanism for every command: the workspace root is read from the environment

@@ -7,6 +7,8 @@ Under ``torchrun --nproc_per_node=N -m bilaf_core pretrain …`` the batch is sp
 
 from __future__ import annotations
 
+import shlex
+
 import os
 import sys
 
@@ -77,7 +79,7 @@ def run(args) -> int:
             init=args.init, epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
             seed=args.seed, device=args.device, workers=args.workers, threads=args.threads,
             feature_layer=args.feature_layer, max_steps_per_epoch=args.max_steps_per_epoch, out_dir=args.out,
-            progress=progress,
+            progress=progress, command=shlex.join(getattr(args, "command_line", None) or ["python", "-m", "bilaf_core"]),
         )
     finally:
         if bar is not None:
