@@ -7,9 +7,8 @@ Under ``torchrun --nproc_per_node=N -m bilaf_core pretrain …`` the batch is sp
 
 from __future__ import annotations
 
-import shlex
-
 import os
+import shlex
 import sys
 
 ORDER = 12
