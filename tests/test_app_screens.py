@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _app_workspace import blobs, blobs_workspace
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,35 +30,11 @@ pytestmark = pytest.mark.usefixtures("through_app_py")
 
 
 
-def _blobs(n_per=70, k=4, dim=24, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 5, (k, dim))
-    x = np.concatenate([rng.normal(c, 1.0, (n_per, dim)) for c in centres]).astype(np.float32)
-    labels = np.repeat(np.arange(k), n_per)
-    order = rng.permutation(x.shape[0])
-    return x[order], labels[order]
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A workspace with one imported feature set (blobs with labels) and its map computed."""
-    from bilaf_core import projection
-    from bilaf_core.features import import_embeddings
-    from bilaf_core.workspace import Workspace
-
-    root = tmp_path_factory.mktemp("app")
-    x, labels = _blobs()
-    np.save(root / "emb.npy", x)
-    np.save(root / "labels.npy", labels)
-    (root / "ids.txt").write_text("\n".join(f"img/{i:04d}.png" for i in range(x.shape[0])) + "\n")
     mp = pytest.MonkeyPatch()
-    mp.setenv("BILAF_WORKSPACE", str(root / "ws"))
-    ws = Workspace(root / "ws")
-    path = import_embeddings(root / "emb.npy", ids_path=root / "ids.txt", labels_path=root / "labels.npy",
-                             out_dir=Path(ws.features_root) / "blobs")
-    fs_id = ws.register_feature_set(path)
-    projection.project_feature_set(path)
-    yield {"root": root, "ws": ws, "fs_id": fs_id, "path": path, "n": x.shape[0]}
+    yield blobs_workspace(tmp_path_factory.mktemp("app"), mp)
     mp.undo()
 
 
@@ -137,7 +114,7 @@ def test_data_page_lists_sets_and_imports_embeddings_with_clear_errors(env):
     assert len(env["ws"].list_feature_sets()) == before
 
     # a good upload with labels -> a new feature set, and its map starts in the background
-    x, labels = _blobs(n_per=30, k=3, seed=5)
+    x, labels = blobs(n_per=30, k=3, seed=5)
     good, lab = io.BytesIO(), io.BytesIO()
     np.save(good, x)
     np.save(lab, labels)
@@ -275,7 +252,7 @@ def test_map_without_selection_says_what_to_do(env, tmp_path):
     from bilaf_core import projection
     from bilaf_core.features import import_embeddings
 
-    x, _ = _blobs(n_per=20, k=2, seed=9)
+    x, _ = blobs(n_per=20, k=2, seed=9)
     np.save(tmp_path / "e.npy", x)
     path = import_embeddings(tmp_path / "e.npy", out_dir=Path(env["ws"].features_root) / "empty-one")
     fs_id = env["ws"].register_feature_set(path)
@@ -429,7 +406,7 @@ def test_compare_budget_sweep_draws_one_line_per_method(env):
 def test_compare_says_what_to_do_without_labels(env, tmp_path):
     from bilaf_core.features import import_embeddings
 
-    x, _ = _blobs(n_per=15, k=2, seed=4)
+    x, _ = blobs(n_per=15, k=2, seed=4)
     np.save(tmp_path / "u.npy", x)
     path = import_embeddings(tmp_path / "u.npy", out_dir=Path(env["ws"].features_root) / "unlabelled")
     fs_id = env["ws"].register_feature_set(path)

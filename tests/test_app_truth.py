@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _app_workspace import blobs, blobs_workspace
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,37 +27,15 @@ TIMEOUT = 180
 pytestmark = pytest.mark.usefixtures("through_app_py")
 
 
-def _blobs(n_per=70, k=4, dim=24, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 5, (k, dim))
-    x = np.concatenate([rng.normal(c, 1.0, (n_per, dim)) for c in centres]).astype(np.float32)
-    labels = np.repeat(np.arange(k), n_per)
-    order = rng.permutation(x.shape[0])
-    return x[order], labels[order]
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from bilaf_core import projection
-    from bilaf_core.features import import_embeddings
     from bilaf_core.selection import run_selection
-    from bilaf_core.workspace import Workspace
 
-    root = tmp_path_factory.mktemp("truth")
-    x, labels = _blobs()
-    np.save(root / "emb.npy", x)
-    np.save(root / "labels.npy", labels)
-    (root / "ids.txt").write_text("\n".join(f"img/{i:04d}.png" for i in range(x.shape[0])) + "\n")
     mp = pytest.MonkeyPatch()
-    mp.setenv("BILAF_WORKSPACE", str(root / "ws"))
-    ws = Workspace(root / "ws")
-    path = import_embeddings(root / "emb.npy", ids_path=root / "ids.txt", labels_path=root / "labels.npy",
-                             out_dir=Path(ws.features_root) / "blobs")
-    fs_id = ws.register_feature_set(path)
-    projection.project_feature_set(path)
-    sel = run_selection("bilaf", x, 24, seed=0, core_budget=4, iterations=40)
-    bilaf_id = ws.save_selection(sel, fs_id, name="BiLAF")
-    yield {"root": root, "ws": ws, "fs_id": fs_id, "path": path, "n": x.shape[0], "x": x, "bilaf_id": bilaf_id}
+    env = blobs_workspace(tmp_path_factory.mktemp("truth"), mp)
+    sel = run_selection("bilaf", env["x"], 24, seed=0, core_budget=4, iterations=40)
+    env["bilaf_id"] = env["ws"].save_selection(sel, env["fs_id"], name="BiLAF")
+    yield env
     mp.undo()
 
 
