@@ -183,12 +183,28 @@ def main(argv=None) -> int:
     return 0
 
 
+#: headless Chromium as the tests start it (no network chatter on this closed machine)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _wait_healthy(url: str, tries: int = 300) -> None:
+    """Wait until the Streamlit server at `url` answers its health check (at most ~tries × 0.3 s)."""
+    import urllib.request
+
+    for _ in range(tries):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.3)
+
+
 def browser_bench(args) -> int:
     """The Map page's budget box, end to end in a real browser (see the module docstring)."""
     import socket
     import subprocess
     import tempfile
-    import urllib.request
 
     from playwright.sync_api import expect, sync_playwright
 
@@ -239,16 +255,9 @@ def browser_bench(args) -> int:
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.3)
+        _wait_healthy(url)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 1200})
             t = time.perf_counter()
             page.goto(url + "/map")
@@ -330,7 +339,6 @@ def first_map_bench(args) -> int:
     import socket
     import subprocess
     import tempfile
-    import urllib.request
 
     from playwright.sync_api import expect, sync_playwright
 
@@ -360,16 +368,9 @@ def first_map_bench(args) -> int:
     url = f"http://127.0.0.1:{port}"
     load_before = os.getloadavg()
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.3)
+        _wait_healthy(url)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 1200})
             page.goto(url + "/data")
             page.get_by_role("button", name="Extract features").wait_for(timeout=120_000)
