@@ -46,16 +46,22 @@ _ARRAYS_KEEP = 3
 def _memo_array(key: tuple, load: Callable[[], Any]):
     """A tiny process-wide LRU for big read-only arrays (features, maps): shared by every tab,
     rerun and job thread, so a 300 MB feature matrix is read once, not on every slider move."""
+    return _lru_get(_ARRAYS, _ARRAYS_KEEP, key, load)
+
+
+def _lru_get(table: dict, keep: int, key: tuple, load: Callable[[], Any]):
+    """`table[key]`, loaded (outside the lock) on a miss; at most `keep` entries, least recently used
+    dropped first (a dict keeps insertion order, so a hit is moved to the end)."""
     with _ARRAYS_LOCK:
-        if key in _ARRAYS:
-            value = _ARRAYS.pop(key)
-            _ARRAYS[key] = value
+        if key in table:
+            value = table.pop(key)
+            table[key] = value
             return value
     value = load()
     with _ARRAYS_LOCK:
-        _ARRAYS[key] = value
-        while len(_ARRAYS) > _ARRAYS_KEEP:
-            _ARRAYS.pop(next(iter(_ARRAYS)))
+        table[key] = value
+        while len(table) > keep:
+            table.pop(next(iter(table)))
     return value
 
 
@@ -71,16 +77,7 @@ def _memo_small(key: tuple, load: Callable[[], Any]):
     space = key[0]
     with _ARRAYS_LOCK:
         table = _SMALL.setdefault(space, {})
-        if key in table:
-            value = table.pop(key)
-            table[key] = value
-            return value
-    value = load()
-    with _ARRAYS_LOCK:
-        table[key] = value
-        while len(table) > _SMALL_KEEP.get(space, 32):
-            table.pop(next(iter(table)))
-    return value
+    return _lru_get(table, _SMALL_KEEP.get(space, 32), key, load)
 
 
 def _stat_key(path: Path) -> tuple:
