@@ -142,16 +142,22 @@ def test_1_hand_edits_are_layers_of_their_own_and_method_layers_keep_their_count
     assert _count(names, "BiLAF boundary picks") == boundary
 
 
-# ------------------------------------------------------------------ 2. saving switches every control, named after the parent
-
-
-def test_2_saving_an_edit_shows_the_new_record_everywhere_and_unsaved_edits_survive_a_reload(env):
+def _map_with_three_unpicked_selected(env):
+    """The Map on the saved BiLAF selection, no edits yet, with three points it did not pick box-selected."""
     _fresh_edits(env)
     base = env["ws"].load_selection(env["bilaf_id"])
     at = _map(env)
     outside = [i for i in range(env["n"]) if i not in set(base.to_list())][:3]
     at.session_state["map_chart"] = _event(outside)
     at.run()
+    return at, base, outside
+
+
+# ------------------------------------------------------------------ 2. saving switches every control, named after the parent
+
+
+def test_2_saving_an_edit_shows_the_new_record_everywhere_and_unsaved_edits_survive_a_reload(env):
+    at, base, outside = _map_with_three_unpicked_selected(env)
     at.button(key="map_add").click().run()
     # a reload (a new session) before saving: the edit is restored, and the page says so
     again = _map(env)
@@ -410,12 +416,7 @@ def test_9_upload_errors_name_the_users_file_never_a_temp_path_nor_pickle_advice
 
 
 def test_10_gallery_badges_roles_no_raw_none_and_no_remove_zero(env):
-    _fresh_edits(env)
-    base = env["ws"].load_selection(env["bilaf_id"])
-    at = _map(env)
-    outside = [i for i in range(env["n"]) if i not in set(base.to_list())][:3]
-    at.session_state["map_chart"] = _event(outside)
-    at.run()
+    at, base, outside = _map_with_three_unpicked_selected(env)
     _ok(at)
     # nothing picked among them: no "Remove 0" offered
     assert not any(b.label.startswith("Remove 0") for b in at.button)
