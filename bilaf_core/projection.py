@@ -427,56 +427,15 @@ def numba_cache_dir() -> Path:
 
 
 def _project_in_child(feature_dir: Path, params: dict[str, Any], progress: ProgressFn | None) -> np.ndarray:
-    """Run :func:`project_feature_set` in ``python -c`` (a fresh interpreter: no fork of a
-    threaded server) and relay its progress lines; Cancelled from `progress` interrupts it."""
-    import signal
-    import subprocess
-    import sys
+    """Run :func:`project_feature_set` in a child process (:mod:`bilaf_core.child`) at
+    CHILD_NICENESS, relaying its progress; Cancelled from `progress` interrupts it."""
+    from .child import run_in_child
 
-    from .errors import Cancelled
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(_PROJECT_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env["PYTHONUNBUFFERED"] = "1"
     # numba's compiled kernels cached across processes (a fresh child otherwise compiles all of
     # UMAP's kernels again each time: see _cache_numba_kernels); a user's own setting wins
-    env.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir()))
-    child = subprocess.Popen(
-        [sys.executable, "-c", "from bilaf_core.projection import _child_main; _child_main()",
-         str(feature_dir), json.dumps(params)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(_PROJECT_ROOT),
-    )
-    error = None
-    try:
-        for line in child.stdout:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if "progress" in message and progress is not None:
-                progress(float(message["progress"]), str(message.get("message", "")))
-            elif "error" in message:
-                error = message
-    except BaseException:  # Cancelled (or the server stopping): interrupt the child, let it clean up
-        with contextlib.suppress(OSError):
-            child.send_signal(signal.SIGINT)
-        try:
-            child.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        raise
-    finally:
-        stderr = child.stderr.read() if child.stderr else ""
-        child.wait()
-    if error is not None:
-        if error.get("kind") == "BilafError":
-            raise BilafError(error["error"])
-        if error.get("kind") == "Cancelled":
-            raise Cancelled(error["error"])
-        raise RuntimeError(f"computing the map failed in its child process: {error['error']}\n{error.get('traceback', '')}")
-    if child.returncode != 0:
-        raise RuntimeError(f"the map's child process exited with status {child.returncode}: {stderr.strip()[-2000:]}")
+    env = {"NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR") or str(numba_cache_dir())}
+    run_in_child("project", {"feature_dir": str(feature_dir), "params": params}, progress, niceness=CHILD_NICENESS,
+                 env=env, what="computing the map")
     coords = load_projection(feature_dir, **params)
     if coords is None:
         raise RuntimeError(f"the map's child process finished but left no map in {feature_dir / PROJECTION_DIR}")
@@ -508,34 +467,3 @@ def _cache_numba_kernels() -> None:
     numba.njit, numba.jit = njit, jit
     numba._bilaf_cache_patched = True
     warnings.filterwarnings("ignore", message=".*cannot cache.*")
-
-
-def _child_main() -> None:
-    """Entry point of the child: ``<feature_dir> <params json>``; JSON lines on stdout."""
-    import sys
-    import traceback
-
-    from .errors import Cancelled
-
-    def say(**message) -> None:
-        sys.stdout.write(json.dumps(message) + "\n")
-        sys.stdout.flush()
-
-    try:
-        os.nice(CHILD_NICENESS)
-    except OSError:
-        pass
-    feature_dir, params = Path(sys.argv[1]), json.loads(sys.argv[2])
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        _cache_numba_kernels()
-    try:
-        project_feature_set(feature_dir, progress=lambda f, m: say(progress=f, message=m), **params)
-    except KeyboardInterrupt:  # SIGINT from the parent: the atomic writes have cleaned up
-        say(error="cancelled", kind="Cancelled")
-        sys.exit(1)
-    except (BilafError, Cancelled) as exc:
-        say(error=str(exc), kind=type(exc).__name__)
-        sys.exit(1)
-    except Exception as exc:  # a bug: the parent reports it with this traceback
-        say(error=f"{type(exc).__name__}: {exc}", kind="bug", traceback=traceback.format_exc(limit=8))
-        sys.exit(1)
