@@ -32,8 +32,8 @@ class PickLayer:
     outline: str = palette.PICK_OUTLINE
     opacity: float = 1.0
     visible: bool = True
-    #: text drawn on each marker (e.g. a gap's number): the layer is then drawn as SVG, so the
-    #: labels are real text on the page
+    #: a short label per point (e.g. a gap's number), drawn as a badge beside it: a plotly
+    #: annotation, which lies above the WebGL canvas (SVG trace text would lie under the pool)
     labels: Sequence[str] | None = None
     line_width: float | None = None  # marker outline width (default: 2 for open symbols, else 0.8)
 
@@ -192,26 +192,26 @@ def map_figure(
     rows = _sample_background(n, max_background, seed)
     marker_size = 4.0 if rows.size > 20_000 else (5.0 if rows.size > 3_000 else 7.0)
     traces = _background_traces(coords, rows, background, marker_size)
+    badges: list[dict] = []  # labels of labelled layers (annotations)
     if rows.size < n:
         traces[0].name = f"{traces[0].name} (sample of {rows.size:,} / {n:,})"
     for layer in layers:
         idx = np.asarray(layer.indices, dtype=np.int64)
         hover = "#%{customdata}" + ("<br>%{hovertext}" if layer.hover is not None else "") + f"<extra>{layer.name}</extra>"
         width = layer.line_width if layer.line_width is not None else (2.0 if layer.symbol.endswith("-open") else 0.8)
-        kind, extra = go.Scattergl, dict(mode="markers")
-        if layer.labels is not None:
-            kind = go.Scatter
-            extra = dict(mode="markers+text", text=list(layer.labels), textposition="middle center",
-                         textfont=dict(color=layer.color, size=max(10, int(layer.size * 0.6)), family=FONT["family"]))
         traces.append(
-            kind(
-                x=coords[idx, 0], y=coords[idx, 1], name=f"{layer.name} ({idx.size:,})",
+            go.Scattergl(
+                x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=f"{layer.name} ({idx.size:,})",
                 customdata=idx.astype(np.int32), hovertext=list(layer.hover) if layer.hover is not None else None, hovertemplate=hover,
                 opacity=layer.opacity, visible=True if layer.visible else "legendonly",
                 marker=dict(size=layer.size, color=layer.color, symbol=layer.symbol, line=dict(width=width, color=layer.outline)),
-                unselected=dict(marker=dict(opacity=0.55)), **extra,
+                unselected=dict(marker=dict(opacity=0.55)),
             )
         )
+        for i, text in zip(idx, layer.labels if layer.labels is not None else ()):
+            badges.append(dict(x=float(coords[i, 0]), y=float(coords[i, 1]), text=f"<b>{text}</b>", showarrow=False,
+                               xshift=layer.size * 0.55, yshift=layer.size * 0.55, font=dict(color=layer.color, size=12),
+                               bgcolor="rgba(255,255,255,0.9)", bordercolor=layer.color, borderwidth=1.5, borderpad=1))
     fig = go.Figure(data=traces)
     fig.update_layout(
         legend_title_text=f"{background.title}:" if background.mode == "category" and background.names is not None else None,
@@ -225,6 +225,7 @@ def map_figure(
         hovermode="closest",
         uirevision=uirevision,
         showlegend=show_legend,
+        annotations=badges or None,
         legend=dict(orientation="h", yanchor="top" if legend_below else "bottom", y=-0.01 if legend_below else 1.0,
                     xanchor="left", x=0, bgcolor="rgba(255,255,255,0.85)", itemsizing="constant"),
     )

@@ -116,7 +116,12 @@ def test_coverage_and_gaps_layers_draw_the_engines_numbers(env):
     trace = _trace(at, "gaps (")
     assert trace is not None and _count(trace) == len(gaps) > 0
     assert _array(trace["customdata"]).astype(int).tolist() == [g["representative"] for g in gaps]
-    assert trace["text"] == [str(i) for i in range(1, len(gaps) + 1)] and trace["mode"] == "markers+text"
+    # each ring carries its number as a badge (an annotation: above the WebGL pool, unlike SVG trace text)
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    badges = spec["layout"]["annotations"]
+    assert [a["text"] for a in badges] == [f"<b>{i}</b>" for i in range(1, len(gaps) + 1)]
+    coords = np.stack([_array(trace["x"]).astype(float), _array(trace["y"]).astype(float)], axis=1)
+    np.testing.assert_allclose([[a["x"], a["y"]] for a in badges], coords, rtol=1e-5)
     strip = [b.key for b in at.button if b.key and b.key.startswith("map_hl_gap_")]
     assert strip == [f"map_hl_gap_{g['representative']}" for g in gaps]
     # the other layers still keep their counts

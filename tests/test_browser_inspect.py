@@ -2,8 +2,8 @@
 
 A BiLAF selection is saved in a small workspace (seeded Gaussian clusters, its map computed
 up front); the test opens /map, turns on **coverage** and **gaps** and checks what Chromium drew:
-the legend entries, the colourbar's title and the numbered gap markers (their numbers are SVG
-text on the page), against ``bilaf_core.inspect`` run on the same picks.
+the legend entries, the colourbar's title and the numbered gap markers (their numbers are
+plotly annotations, SVG text above the WebGL canvas), against ``bilaf_core.inspect`` run on the same picks.
 
 The README's screenshot ``docs/img/inspect-coverage-gaps.png`` is this test run on a real-ish
 workspace (the first 10 000 Fashion-MNIST training images, EfficientNet-Lite0 features, its UMAP
@@ -103,8 +103,8 @@ def test_coverage_and_gaps_layers_in_a_real_browser(tmp_path):
         expect(legend.filter(has_text=f"gaps ({len(gaps)})").first).to_be_visible(timeout=300_000)
         # the colourbar of the coverage scale, with its title
         expect(page.locator(".js-plotly-plot .colorbar .cbtitle").first).to_have_text("distance to nearest pick")
-        # the numbered gap markers: SVG text 1..N on the map
-        numbers = page.locator(".js-plotly-plot .textpoint text")
+        # the numbered gap markers: badges 1..N (plotly annotations, SVG above the WebGL canvas)
+        numbers = page.locator(".js-plotly-plot .annotation-text")
         expect(numbers).to_have_count(len(gaps), timeout=60_000)
         assert numbers.all_text_contents() == [str(i) for i in range(1, len(gaps) + 1)]  # SVG text has no innerText
         # the gaps' thumbnail strip below the map, one "Show on map" per representative
