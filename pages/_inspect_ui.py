@@ -32,7 +32,7 @@ from bilaf_core import export, palette
 from bilaf_core.errors import BilafError
 from pages import _figures as figs
 from pages import _selection_state as state_mod
-from pages._store import DERIVED_ARROW, _memo_small, _stat_key, job_manager, load_features, selection_title, thumbnails, workspace
+from pages._store import DERIVED_ARROW, _memo_small, _stat_key, job_manager, load_features, thumbnails, workspace
 
 #: widget keys of the inspection layers
 COVERAGE_KEY, GAPS_KEY, DUPLICATES_KEY, ONLY_KEY, OTHER_KEY = (
@@ -283,7 +283,7 @@ def build(fs: dict, state, ctl: Controls, compared: dict[str, tuple[str, Any]]) 
 # --------------------------------------------------------------------------- under the map
 
 
-def _strip(fs: dict, indices: list[int], captions: list[str], key: str, labels_meta: dict | None = None) -> None:
+def _strip(fs: dict, indices: list[int], captions: list[str], key: str) -> None:
     """Thumbnails (or, without images, captions) with a "Show on map" button each."""
     thumbs = thumbnails(fs, tuple(int(i) for i in indices))
     per_row = 5 if len(indices) <= 5 else 8
@@ -335,12 +335,12 @@ def below_map(fs: dict, meta: dict, state, ctl: Controls, built: Built, compared
             _strip(fs, [g["representative"] for g in gaps],
                    [f"gap {g['rank']} · {g['size']:,} samples · #{g['representative']}"
                     + (f" · {_label_of(meta, g['representative'])}" if _label_of(meta, g["representative"]) else "") for g in gaps],
-                   "gap", meta)
+                   "gap")
             ranks = [g["rank"] for g in gaps]
             rank = st.selectbox("Examples of gap", ranks, key="map_gap_examples",
                                 format_func=lambda r: f"gap {r} ({gaps[ranks.index(r)]['size']:,} samples)")
             ex = gaps[ranks.index(rank)]["examples"]
-            _strip(fs, ex, [f"#{i}" + (f" · {_label_of(meta, i)}" if _label_of(meta, i) else "") for i in ex], f"gapex{rank}", meta)
+            _strip(fs, ex, [f"#{i}" + (f" · {_label_of(meta, i)}" if _label_of(meta, i) else "") for i in ex], f"gapex{rank}")
     overlap_matrix(state, compared)
 
 

@@ -155,7 +155,7 @@ if "ring_level" in diag:
     color_options.append("density-ring level")
 color_options.append("none")
 
-l1, l2, l4, l3 = st.columns([2, 2, 2, 3])
+l1, l2, l4, l3 = st.columns([2, 3, 2, 2])
 with l1:
     color_by = st.radio("Colour the pool by", color_options, key="map_color", horizontal=False)
 with l2:

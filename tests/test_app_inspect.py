@@ -281,3 +281,17 @@ def test_rerun_keeping_edits_saves_a_child_record_and_shows_it(env):
     # the Map shows it, and the edits it used are gone
     assert next(b for b in at.selectbox if b.label == "Selection").value == row["id"]
     assert not any("Edited selection" in m.value for m in at.markdown)
+
+
+def test_side_by_side_coverage_is_on_the_shown_map_only_and_compares_the_baseline(env):
+    at = _map(env)
+    at.toggle(key="map_side").set_value(True).run()
+    at.selectbox(key="map_side_id").set_value(env["kmeans_id"]).run()
+    at.checkbox(key="map_insp_coverage").check().run()
+    at.checkbox(key="map_insp_only").check().run()
+    _ok(at)
+    assert _trace(at, "pool by distance to nearest pick", 0) is not None
+    assert _trace(at, "pool by distance to nearest pick", 1) is None  # the baseline's map is not coloured by BiLAF's coverage
+    a, b = env["bilaf"].indices, env["kmeans"].indices
+    assert _count(_trace(at, "only picked by K-Means", 0)) == np.setdiff1d(b, a).size
+    assert _trace(at, "only picked by", 1) is None
