@@ -60,6 +60,17 @@ ADDED_COLOR = "#ff2fd6"  # picks added by hand: hot magenta
 REMOVED_COLOR = "#111111"  # picks removed by hand: drawn hollow (a ring), so they read as "not picked"
 EDITED_SUFFIX = " (edited)"
 
+#: the Map's inspection layers (bilaf_core.inspect): each a dark, saturated colour at least ΔE 25 from
+#: every pool colour (tests check it), drawn as open / outlined markers around the points
+GAP_COLOR = "#6a00f4"  # the densest uncovered regions: numbered violet rings at their representatives
+DUPLICATE_COLOR = "#005c53"  # near-duplicate picks: a dark teal bow-tie around each
+ONLY_SHOWN_COLOR = "#000080"  # picks only the shown selection made (not the compared one): navy squares
+ONLY_OTHER_COLOR = "#b35900"  # picks only the compared selection made: burnt-orange squares
+HIGHLIGHT_COLOR = "#ff007f"  # the sample a thumbnail click points at: a large rose ring
+#: coverage (distance to the nearest pick): near-white where covered, dark slate where far from
+#: any pick, so the uncovered regions are what stands out and the saturated picks stay readable
+COVERAGE_COLORSCALE = [[0.0, "#f4f6f9"], [0.35, "#b9c4d4"], [0.7, "#5d6f8c"], [1.0, "#1b2538"]]
+
 #: base hues for the pool coloured by class / pseudo-class (20).  No red (BiLAF's picks are red)
 #: and no grey (grey is nothing's: a pseudo-class in grey read as "removed as noise").
 _CATEGORY_BASE = (

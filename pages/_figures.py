@@ -32,6 +32,10 @@ class PickLayer:
     outline: str = palette.PICK_OUTLINE
     opacity: float = 1.0
     visible: bool = True
+    #: a short label per point (e.g. a gap's number), drawn as a badge beside it: a plotly
+    #: annotation, which lies above the WebGL canvas (SVG trace text would lie under the pool)
+    labels: Sequence[str] | None = None
+    line_width: float | None = None  # marker outline width (default: 2 for open symbols, else 0.8)
 
 
 def method_layer(method: str, indices, *, name: str | None = None, hover=None, size: float = 9.0) -> PickLayer:
@@ -75,10 +79,11 @@ def removed_layer(indices) -> PickLayer:
 class Background:
     """How the pool is coloured: by `values` (category ids or ring levels) or plain grey."""
 
-    mode: str = "plain"  # plain | category | ring
+    mode: str = "plain"  # plain | category | ring | continuous
     values: np.ndarray | None = None
     names: Sequence[str] | None = None  # category names (legend) when there are few
     title: str = ""
+    colorbar: str = ""  # continuous: the colourbar's title
 
 
 def _sample_background(n: int, max_points: int, seed: int) -> np.ndarray:
@@ -120,6 +125,20 @@ def _background_traces(coords: np.ndarray, rows: np.ndarray, bg: Background, mar
                             cmin=-0.5, cmax=n_cat - 0.5, line=dict(width=0)),
                 **{**common, "hovertemplate": "#%{customdata} · " + (bg.title.split(" (")[0].replace("pool by ", "") or "category")
                    + " %{marker.color}<extra></extra>"},
+            )
+        ]
+    if bg.mode == "continuous" and bg.values is not None:
+        # a value per sample (e.g. the distance to the nearest pick) on a sequential scale, with a colourbar
+        values = np.asarray(bg.values, dtype=np.float32)
+        top = float(np.max(bg.values)) if np.asarray(bg.values).size else 1.0
+        label = bg.colorbar or bg.title or "value"
+        return [
+            go.Scattergl(
+                x=x, y=y, name=bg.title or label,
+                marker=dict(size=marker_size, color=values[rows], colorscale=palette.COVERAGE_COLORSCALE, cmin=0.0,
+                            cmax=max(top, 1e-9), line=dict(width=0),
+                            colorbar=dict(title=dict(text=label, side="right"), thickness=12, len=0.6, x=1.0, y=0.5)),
+                **{**common, "hovertemplate": "#%{customdata} · " + label + " %{marker.color:.3f}<extra></extra>"},
             )
         ]
     if bg.mode == "ring" and bg.values is not None:
@@ -173,21 +192,26 @@ def map_figure(
     rows = _sample_background(n, max_background, seed)
     marker_size = 4.0 if rows.size > 20_000 else (5.0 if rows.size > 3_000 else 7.0)
     traces = _background_traces(coords, rows, background, marker_size)
+    badges: list[dict] = []  # labels of labelled layers (annotations)
     if rows.size < n:
         traces[0].name = f"{traces[0].name} (sample of {rows.size:,} / {n:,})"
     for layer in layers:
         idx = np.asarray(layer.indices, dtype=np.int64)
-        hover = "#%{customdata}" + ("<br>%{text}" if layer.hover is not None else "") + f"<extra>{layer.name}</extra>"
+        hover = "#%{customdata}" + ("<br>%{hovertext}" if layer.hover is not None else "") + f"<extra>{layer.name}</extra>"
+        width = layer.line_width if layer.line_width is not None else (2.0 if layer.symbol.endswith("-open") else 0.8)
         traces.append(
             go.Scattergl(
                 x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=f"{layer.name} ({idx.size:,})",
-                customdata=idx.astype(np.int32), text=list(layer.hover) if layer.hover is not None else None, hovertemplate=hover,
+                customdata=idx.astype(np.int32), hovertext=list(layer.hover) if layer.hover is not None else None, hovertemplate=hover,
                 opacity=layer.opacity, visible=True if layer.visible else "legendonly",
-                marker=dict(size=layer.size, color=layer.color, symbol=layer.symbol,
-                            line=dict(width=2.0 if layer.symbol.endswith("-open") else 0.8, color=layer.outline)),
+                marker=dict(size=layer.size, color=layer.color, symbol=layer.symbol, line=dict(width=width, color=layer.outline)),
                 unselected=dict(marker=dict(opacity=0.55)),
             )
         )
+        for i, text in zip(idx, layer.labels if layer.labels is not None else ()):
+            badges.append(dict(x=float(coords[i, 0]), y=float(coords[i, 1]), text=f"<b>{text}</b>", showarrow=False,
+                               xshift=layer.size * 0.55, yshift=layer.size * 0.55, font=dict(color=layer.color, size=12),
+                               bgcolor="rgba(255,255,255,0.9)", bordercolor=layer.color, borderwidth=1.5, borderpad=1))
     fig = go.Figure(data=traces)
     fig.update_layout(
         legend_title_text=f"{background.title}:" if background.mode == "category" and background.names is not None else None,
@@ -201,6 +225,7 @@ def map_figure(
         hovermode="closest",
         uirevision=uirevision,
         showlegend=show_legend,
+        annotations=badges or None,
         legend=dict(orientation="h", yanchor="top" if legend_below else "bottom", y=-0.01 if legend_below else 1.0,
                     xanchor="left", x=0, bgcolor="rgba(255,255,255,0.85)", itemsizing="constant"),
     )

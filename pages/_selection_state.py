@@ -317,6 +317,12 @@ def _clear(record_id: str) -> None:
     _draft_path(record_id).unlink(missing_ok=True)
 
 
+def forget(record_id: str) -> None:
+    """Drop a record's unsaved work (edits, preview budget, draft): it was used by a derived
+    record, e.g. the Map's "re-run keeping my edits"."""
+    _clear(record_id)
+
+
 def save_budget(state: SelectionState, feature_set_id: str) -> str:
     """Save the preview as a new record named after its parent; pending edits move to it.
     Switches every control to the new record."""

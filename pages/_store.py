@@ -69,7 +69,7 @@ _SMALL: dict[str, dict[tuple, Any]] = {}
 
 
 #: entries kept per namespace (key[0]); others default to 32
-_SMALL_KEEP = {"thumb": 512, "bilaf_at_budget": 16, "meta": 16}
+_SMALL_KEEP = {"thumb": 512, "bilaf_at_budget": 16, "meta": 16, "inspect": 8, "inspect_pool": 2}
 
 
 def _memo_small(key: tuple, load: Callable[[], Any]):

@@ -130,6 +130,38 @@ def submit_bilaf_at_budget(fs: dict, selection_id: str, budget: int) -> str:
     )
 
 
+def submit_rerun_keeping_edits(fs: dict, *, parent_id: str, name: str, method: str, budget: int, kept, removed,
+                               exclude=None, seed: int = 0, options: dict | None = None) -> str:
+    """Run `method` again at `budget` with the picks `kept` included and the `removed` ones (and
+    `exclude`) never picked (:func:`bilaf_core.inspect.rerun_keeping_edits`), in the background;
+    the result is saved as a child record of `parent_id` named `name`."""
+    import hashlib
+
+    import numpy as np
+
+    ws = workspace()
+    path = fs["path"]
+    kept = np.asarray(kept, dtype=np.int64).reshape(-1)
+    removed = np.asarray(removed, dtype=np.int64).reshape(-1)
+    options = dict(options or {})
+
+    def work(progress):
+        from bilaf_core.inspect import rerun_keeping_edits
+
+        features = load_features(path)
+        selection = rerun_keeping_edits(method, features, budget, kept=kept, removed=removed, exclude=exclude, seed=seed,
+                                        progress=progress, **options)
+        selection_id = ws.save_selection(selection, fs["id"], name=name, parent_id=parent_id)
+        return {"selection_id": selection_id, "seconds": selection.timings.get("total")}
+
+    digest = hashlib.sha1(kept.tobytes() + b"|" + removed.tobytes()).hexdigest()[:12]
+    return job_manager().submit(
+        "select", name, work, key=f"rerun:{parent_id}:{budget}:{digest}",
+        params={"method": method, "budget": budget, "seed": seed, "kept": int(kept.size), "removed": int(removed.size)},
+        tags={"feature_set": fs["id"], "method": method, "selection": parent_id},
+    )
+
+
 def _recorded_params(method: str, options: dict) -> dict:
     """The parameters a run of `method` with `options` records (defaults filled in, values
     coerced), as JSON would store them: what an identical saved selection carries."""

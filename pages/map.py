@@ -9,6 +9,7 @@ from bilaf_core import export, palette
 from bilaf_core.errors import BilafError
 from pages import _common as common
 from pages import _figures as figs
+from pages import _inspect_ui as inspect_ui
 from pages import _selection_state as state_mod
 
 GALLERY_MAX = 40
@@ -37,6 +38,7 @@ meta = common.feature_set_meta(fs)
 labels = meta.get("labels")
 class_names = meta.get("class_names")
 rows = common.selections(fs["id"])
+inspect_ui.follow_rerun(fs)  # a finished "re-run keeping my edits" switches the Map to its record
 
 if not rows:
     selecting = common.job_manager().list(kind="select", tags={"feature_set": fs["id"]}, active_only=True)
@@ -153,7 +155,7 @@ if "ring_level" in diag:
     color_options.append("density-ring level")
 color_options.append("none")
 
-l1, l2, l3 = st.columns([2, 2, 3])
+l1, l2, l4, l3 = st.columns([2, 3, 2, 2])
 with l1:
     color_by = st.radio("Colour the pool by", color_options, key="map_color", horizontal=False)
 with l2:
@@ -173,6 +175,21 @@ with l3:
                                format_func=lambda i: common.selection_title(by_id[i]))
         if overlay_ids:
             st.caption("“Also draw” applies to the single map; side by side, each map shows only its own selection.")
+
+# ------------------------------------------------------------------ inspection layers (coverage, gaps, duplicates, only-picked-by)
+compared_ids = [side_id] if side_id else list(overlay_ids)
+with l4:
+    inspect_ctl = inspect_ui.controls(state, compared_ids, lambda i: common.selection_title(by_id[i]))
+compared = {}
+for oid in compared_ids:
+    try:
+        compared[oid] = (common.selection_title(by_id[oid]), common.load_selection(oid))
+    except (BilafError, OSError, KeyError, ValueError):
+        compared[oid] = (common.selection_title(by_id[oid]), None)
+inspected = inspect_ui.build(fs, state, inspect_ctl, compared)
+if inspected.background is not None:
+    with l1:
+        st.caption("The **coverage** layer colours the pool while it is on.")
 
 
 def _background() -> figs.Background:
@@ -232,7 +249,7 @@ def _main_layers(with_overlays: bool) -> list[figs.PickLayer]:
     for oid in overlay_ids if with_overlays else []:
         other = common.load_selection(oid)
         layers.append(figs.method_layer(other.method, other.indices, name=common.selection_title(by_id[oid])))
-    return layers
+    return layers + inspected.layers + inspected.highlight
 
 
 ranges = figs.padded_ranges(coords)
@@ -244,21 +261,23 @@ if side_id:
     # only its own layers (the "Also draw" overlays stay on the single map)
     side = common.load_selection(side_id)
     height = figs.map_height(ranges, 1150, extra=110, lo=480, hi=760)
-    for key, layers, title in (("map_chart", _main_layers(False), state.title or None),
-                               ("map_chart_right", _selection_layers(side), common.selection_title(by_id[side_id]))):
-        fig = figs.map_figure(coords, layers, background=background, title=title, height=height, uirevision=uirev, ranges=ranges)
+    for key, layers, title, bg in (("map_chart", _main_layers(False), state.title or None, inspected.background or background),
+                                   ("map_chart_right", _selection_layers(side) + inspected.highlight,
+                                    common.selection_title(by_id[side_id]), background)):
+        fig = figs.map_figure(coords, layers, background=bg, title=title, height=height, uirevision=uirev, ranges=ranges)
         events.append(st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"),
                                       config=CHART_CONFIG, width="stretch"))
 else:
     height = figs.map_height(ranges, 1150, extra=110, lo=480, hi=760)
     title = state.title if state.unsaved else None
-    fig = figs.map_figure(coords, _main_layers(True), background=background, title=title, height=height, uirevision=uirev,
-                          ranges=ranges)
+    fig = figs.map_figure(coords, _main_layers(True), background=inspected.background or background, title=title, height=height,
+                          uirevision=uirev, ranges=ranges)
     events.append(st.plotly_chart(fig, key="map_chart", on_select="rerun", selection_mode=("points", "box", "lasso"),
                                   config=CHART_CONFIG, width="stretch"))
 if coords.shape[0] > figs.MAX_BACKGROUND:
     st.caption(f"{coords.shape[0]:,} images: the background shows a random {figs.MAX_BACKGROUND:,}; every pick is drawn.")
 st.caption("Drag a box or lasso (toolbar, top right of the map) or click points to inspect them below; double-click clears.")
+inspect_ui.below_map(fs, meta, state, inspect_ctl, inspected, compared)
 
 # ------------------------------------------------------------------ inspected points: gallery, details, edits
 picked_now = np.unique(np.concatenate([figs.selected_pool_indices(e) for e in events])) if events else np.zeros(0, np.int64)
@@ -276,18 +295,19 @@ if picked_now.size:
     thumbs = common.thumbnails(fs, tuple(int(i) for i in gallery))
     if thumbs is None:
         st.caption("No images behind these features (imported embeddings): details only.")
-    else:
-        per_row = 8
-        for start in range(0, gallery.size, per_row):
-            cols = st.columns(per_row)
-            for col, i in zip(cols, gallery[start : start + per_row]):
-                d = details[int(i)]
-                with col:
-                    st.html(state_mod.badge_html(d["role"]))
+    per_row = 8
+    for start in range(0, gallery.size, per_row):
+        cols = st.columns(per_row)
+        for col, i in zip(cols, gallery[start : start + per_row]):
+            d = details[int(i)]
+            with col:
+                st.html(state_mod.badge_html(d["role"]))
+                if thumbs is not None:
                     st.image(thumbs[int(i)], width="stretch")
-                    st.caption(d["caption"])
-        if picked_now.size > GALLERY_MAX:
-            st.caption(f"Thumbnails of the first {GALLERY_MAX} of {picked_now.size:,}; all are in the table.")
+                st.caption(d["caption"])
+                inspect_ui.gallery_highlight_button(fs, int(i))  # thumbnail -> a ring on the map
+    if picked_now.size > GALLERY_MAX:
+        st.caption(f"Thumbnails of the first {GALLERY_MAX} of {picked_now.size:,}; all are in the table.")
     st.dataframe(state_mod.table_rows(details, picked_now), hide_index=True, width="stretch")
 
     if shown is not None:
@@ -322,6 +342,7 @@ if state.is_edited:
         if s2.button("Discard edits", key="map_discard_edit", width="stretch"):
             state_mod.discard(state)
             st.rerun()
+inspect_ui.repair_panel(fs, meta, state)  # replacements for removed picks; re-run keeping the edits
 
 # ------------------------------------------------------------------ export
 if rows:
