@@ -307,9 +307,10 @@ def test_map_tells_the_truth_in_a_real_browser(tmp_path):
         expect(legend.filter(has_text="added by hand (380)").first).to_be_visible(timeout=60_000)
         expect(legend.filter(has_text="BiLAF boundary picks (18)").first).to_be_visible()
         expect(legend.filter(has_text="BiLAF pseudo-class centres (2)").first).to_be_visible()
-        # (the map and legend above are the saved record's. The Selection box's *displayed* label was seen to stay
-        # on the parent's in Chromium although the page shows the new record — a known issue, see docs/app.md;
-        # tests/test_app_truth.py checks the boxes' values through AppTest.)
+        # the Selection box *displays* the new record, named after its parent (what the browser draws, not
+        # only the server's widget state, which tests/test_app_truth.py checks through AppTest)
+        selection_box = page.locator("[data-testid=stSelectbox]").filter(has_text="Selection").first.locator("input")
+        expect(selection_box).to_have_value(re.compile(r"^BiLAF · B=20 → edited: \+380 −0$"), timeout=60_000)
 
 
 # ------------------------------------------------------------------ slow: the offline default, end to end
