@@ -60,6 +60,23 @@ def _task_select(progress: ProgressFn, *, workspace_root: str, feature_set_id: s
     return {"selection_id": selection_id, "seconds": selection.timings.get("total")}
 
 
+def _task_rerun(progress: ProgressFn, *, workspace_root: str, feature_set_id: str, feature_path: str, method: str,
+                budget: int, kept: list, removed: list, exclude: list | None, seed: int, options: dict, name: str,
+                parent_id: str) -> dict:
+    import numpy as np
+
+    from .inspect import rerun_keeping_edits
+    from .workspace import Workspace
+
+    features = np.ascontiguousarray(np.load(Path(feature_path) / "features.npy", allow_pickle=False), dtype=np.float32)
+    selection = rerun_keeping_edits(method, features, int(budget), kept=np.asarray(kept, dtype=np.int64),
+                                    removed=np.asarray(removed, dtype=np.int64),
+                                    exclude=None if exclude is None else np.asarray(exclude, dtype=np.int64),
+                                    seed=int(seed), progress=progress, **options)
+    selection_id = Workspace(workspace_root).save_selection(selection, feature_set_id, name=name, parent_id=parent_id)
+    return {"selection_id": selection_id, "seconds": selection.timings.get("total")}
+
+
 def _task_project(progress: ProgressFn, *, feature_dir: str, params: dict) -> dict:
     from . import projection
 
@@ -69,7 +86,8 @@ def _task_project(progress: ProgressFn, *, feature_dir: str, params: dict) -> di
     return {"feature_dir": feature_dir}
 
 
-TASKS: dict[str, Callable[..., dict]] = {"extract": _task_extract, "select": _task_select, "project": _task_project}
+TASKS: dict[str, Callable[..., dict]] = {"extract": _task_extract, "select": _task_select, "rerun": _task_rerun,
+                                         "project": _task_project}
 
 
 # --------------------------------------------------------------------------- the parent side

@@ -140,19 +140,16 @@ def submit_rerun_keeping_edits(fs: dict, *, parent_id: str, name: str, method: s
     import numpy as np
 
     ws = workspace()
-    path = fs["path"]
     kept = np.asarray(kept, dtype=np.int64).reshape(-1)
     removed = np.asarray(removed, dtype=np.int64).reshape(-1)
     options = dict(options or {})
 
-    def work(progress):
-        from bilaf_core.inspect import rerun_keeping_edits
-
-        features = load_features(path)
-        selection = rerun_keeping_edits(method, features, budget, kept=kept, removed=removed, exclude=exclude, seed=seed,
-                                        progress=progress, **options)
-        selection_id = ws.save_selection(selection, fs["id"], name=name, parent_id=parent_id)
-        return {"selection_id": selection_id, "seconds": selection.timings.get("total")}
+    def work(progress):  # in a child process, as every selection job (see _select_in_child)
+        return run_in_child("rerun", {"workspace_root": str(ws.root), "feature_set_id": fs["id"], "feature_path": fs["path"],
+                                      "method": method, "budget": int(budget), "kept": kept, "removed": removed,
+                                      "exclude": None if exclude is None else np.asarray(exclude, dtype=np.int64),
+                                      "seed": int(seed), "options": options, "name": name, "parent_id": parent_id},
+                            progress, what=f"{name}")
 
     digest = hashlib.sha1(kept.tobytes() + b"|" + removed.tobytes()).hexdigest()[:12]
     return job_manager().submit(

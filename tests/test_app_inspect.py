@@ -283,6 +283,19 @@ def test_rerun_keeping_edits_saves_a_child_record_and_shows_it(env):
     assert not any("Edited selection" in m.value for m in at.markdown)
 
 
+def test_rerun_is_not_offered_when_the_edit_keeps_more_than_the_budget_and_says_why(env):
+    base = env["bilaf"]
+    unpicked = np.setdiff1d(np.arange(env["n"]), base.indices)[:2]
+    at = _map(env)
+    at.session_state["map_chart"] = _event([int(i) for i in unpicked])
+    at.run()
+    at.button(key="map_add").click().run()
+    _ok(at)
+    warnings = [w.value for w in at.warning if "Re-run keeping the edits" in w.value]
+    assert warnings and "more than the method's budget of 24" in warnings[0] and "remove 2 more" in warnings[0], warnings
+    assert not [b for b in at.button if b.key == "map_rerun_edits"]
+
+
 def test_side_by_side_coverage_is_on_the_shown_map_only_and_compares_the_baseline(env):
     at = _map(env)
     at.toggle(key="map_side").set_value(True).run()
