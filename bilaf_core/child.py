@@ -77,6 +77,17 @@ def _task_rerun(progress: ProgressFn, *, workspace_root: str, feature_set_id: st
     return {"selection_id": selection_id, "seconds": selection.timings.get("total")}
 
 
+def _task_evaluate(progress: ProgressFn, *, workspace_root: str, selection_id: str, feature_path: str, mode: str, seed: int,
+                   options: dict) -> dict:
+    from .finetune import evaluate_selection
+    from .workspace import Workspace
+
+    ws = Workspace(workspace_root)
+    picks = ws.load_selection(selection_id).indices
+    result = evaluate_selection(feature_path, picks, mode, seed=int(seed), progress=progress, **options)
+    return {"evaluation_id": ws.save_evaluation(selection_id, result), "accuracy": result.accuracy}
+
+
 def _task_project(progress: ProgressFn, *, feature_dir: str, params: dict) -> dict:
     from . import projection
 
@@ -87,7 +98,7 @@ def _task_project(progress: ProgressFn, *, feature_dir: str, params: dict) -> di
 
 
 TASKS: dict[str, Callable[..., dict]] = {"extract": _task_extract, "select": _task_select, "rerun": _task_rerun,
-                                         "project": _task_project}
+                                         "evaluate": _task_evaluate, "project": _task_project}
 
 
 # --------------------------------------------------------------------------- the parent side

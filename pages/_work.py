@@ -258,18 +258,20 @@ def _evaluation_lock(feature_dir: str):
         return _EVAL_LOCKS.setdefault(str(feature_dir), __import__("threading").Lock())
 
 
-def _evaluate(path: str, picks, mode: str, *, seed: int, progress, options: dict):
-    from bilaf_core.finetune import evaluate_selection
-
+def _evaluate(ws, path: str, selection_id: str, mode: str, *, seed: int, progress, options: dict) -> dict:
+    """Evaluate a saved selection and save the result, in a child process (as every heavy job:
+    bilaf_core/child.py); returns {"evaluation_id", "accuracy"}."""
+    args = {"workspace_root": str(ws.root), "selection_id": selection_id, "feature_path": path, "mode": mode,
+            "seed": int(seed), "options": dict(options)}
     if mode == "finetune":
-        return evaluate_selection(path, picks, mode, seed=seed, progress=progress, **options)
+        return run_in_child("evaluate", args, progress, what="the finetune")
     lock = _evaluation_lock(path)
     if not lock.acquire(blocking=False):
         progress(0.0, "waiting for another evaluation of this feature set to finish")
         while not lock.acquire(timeout=0.5):
             progress(0.0, "waiting for another evaluation of this feature set to finish")  # lets Cancel through
     try:
-        return evaluate_selection(path, picks, mode, seed=seed, progress=progress, **options)
+        return run_in_child("evaluate", args, progress, what=f"the {mode} evaluation")
     finally:
         lock.release()
 
@@ -282,10 +284,7 @@ def submit_evaluation(fs: dict, selection_id: str, mode: str, *, seed: int, titl
     options = dict(options or {})
 
     def work(progress):
-        selection = ws.load_selection(selection_id)
-        result = _evaluate(path, selection.indices, mode, seed=seed, progress=progress, options=options)
-        evaluation_id = ws.save_evaluation(selection_id, result)
-        return {"evaluation_id": evaluation_id, "accuracy": result.accuracy}
+        return _evaluate(ws, path, selection_id, mode, seed=seed, progress=progress, options=options)
 
     key = f"evaluate:{selection_id}:{mode}:{seed}:{sorted(options.items())}"
     return job_manager().submit("evaluate", title, work, key=key, params={"mode": mode, "seed": seed, **options},
@@ -302,10 +301,9 @@ def submit_sweep_point(fs: dict, method: str, budget: int, *, seed: int, mode: s
     def work(progress):
         made = _select_in_child(ws, fs, method, budget, seed=seed, options={}, name=label,
                                 progress=lambda f, m: progress(0.6 * f, m))
-        selection_id = made["selection_id"]
-        result = _evaluate(path, load_selection(selection_id).indices, mode, seed=seed, progress=lambda f, m: progress(0.6 + 0.4 * f, m), options={})
-        evaluation_id = ws.save_evaluation(selection_id, result)
-        return {"selection_id": selection_id, "evaluation_id": evaluation_id, "accuracy": result.accuracy}
+        evaluated = _evaluate(ws, path, made["selection_id"], mode, seed=seed, progress=lambda f, m: progress(0.6 + 0.4 * f, m),
+                              options={})
+        return {"selection_id": made["selection_id"], **evaluated}
 
     return job_manager().submit(
         "evaluate", f"{label} · B={budget:,} → {mode}", work, key=f"sweep:{fs['id']}:{method}:{budget}:{seed}:{mode}",

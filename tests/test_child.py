@@ -58,6 +58,19 @@ def test_cancelling_interrupts_the_child_and_leaves_no_record(tmp_path, monkeypa
     assert not list((env["ws"].root).rglob(".tmp-*"))
 
 
+def test_evaluation_in_a_child_saves_the_same_result_as_in_process(tmp_path, monkeypatch):
+    from bilaf_core.finetune import evaluate_selection
+
+    env = blobs_workspace(tmp_path, monkeypatch)
+    picks = run_selection("kmeans", env["x"], 12, seed=0)
+    selection_id = env["ws"].save_selection(picks, env["fs_id"], name="K-Means")
+    made = run_in_child("evaluate", {"workspace_root": str(env["ws"].root), "selection_id": selection_id,
+                                     "feature_path": str(env["path"]), "mode": "knn", "seed": 0, "options": {}})
+    here = evaluate_selection(env["path"], picks.indices, "knn", seed=0)
+    assert made["accuracy"] == here.accuracy
+    assert [e["id"] for e in env["ws"].list_evaluations(selection_id=selection_id)] == [made["evaluation_id"]]
+
+
 def test_extraction_in_a_child_writes_the_same_features(tmp_path):
     from bilaf_core.features import extract_features
 
