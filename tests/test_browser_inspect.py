@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_browser import CHROMIUM, _page, _shot_dirs, _streamlit
+from test_browser import CHROMIUM, _page, _shot_dirs, _small_workspace, _streamlit
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"needs Chromium at {CHROMIUM} (Debian package `chromium`)")
 
@@ -30,26 +30,18 @@ SHOT = "inspect-coverage-gaps.png"
 
 
 def _blobs_workspace(root: Path) -> Path:
-    """400 seeded points in 5 clusters, imported with labels, its map computed, BiLAF at B=20 saved."""
+    """test_browser's small workspace (400 seeded points in 5 clusters, imported with labels),
+    with its map computed and BiLAF at B=20 saved."""
     from bilaf_core import projection
-    from bilaf_core.features import import_embeddings
     from bilaf_core.selection import run_selection
     from bilaf_core.workspace import Workspace
 
-    rng = np.random.default_rng(0)
-    centres = rng.normal(0, 5, (5, 24))
-    x = np.concatenate([rng.normal(c, 1.0, (80, 24)) for c in centres]).astype(np.float32)
-    labels = np.repeat(np.arange(5), 80)
-    order = rng.permutation(x.shape[0])
-    src = root / "src"
-    src.mkdir(parents=True)
-    np.save(src / "emb.npy", x[order])
-    np.save(src / "labels.npy", labels[order])
+    _small_workspace(root)
     ws = Workspace(root / "ws")
-    path = import_embeddings(src / "emb.npy", labels_path=src / "labels.npy", out_dir=Path(ws.features_root) / "browser-blobs")
-    fs_id = ws.register_feature_set(path)
-    projection.project_feature_set(path)
-    ws.save_selection(run_selection("bilaf", x[order], 20, seed=0, core_budget=2, iterations=40), fs_id, name="BiLAF")
+    (fs,) = ws.list_feature_sets()
+    projection.project_feature_set(fs["path"])
+    x = np.load(Path(fs["path"]) / "features.npy")
+    ws.save_selection(run_selection("bilaf", x, 20, seed=0, core_budget=2, iterations=40), fs["id"], name="BiLAF")
     return root / "ws"
 
 
