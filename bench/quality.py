@@ -110,7 +110,8 @@ def print_tables(rows, pools, out=sys.stdout) -> None:
         title = {"full": "Full pool", "biased": "Biased pool"}[pool]
         sample = next(r for r in rows if r.pool == pool)
         extra = f", {sample.imbalance_ratio}x imbalance" if pool == "biased" else ""
-        print(f"\n#### {title} ({sample.n_pool:,} images{extra}) — linear-probe test accuracy, % (mean ± std over seeds)\n", file=out)
+        scored = {"finetune": "finetuned (cpu-quick)", "knn": "k-NN"}.get(sample.eval_mode, "linear-probe")
+        print(f"\n#### {title} ({sample.n_pool:,} images{extra}) — {scored} test accuracy, % (mean ± std over seeds)\n", file=out)
         print(bm.accuracy_table(rows, pool), file=out)
         print(f"\n#### {title} — selection time per method (mean over seeds)\n", file=out)
         print(bm.time_table(rows, pool), file=out)
@@ -188,14 +189,15 @@ def main(argv=None) -> int:
         log(f"features: {train_dir}\n          {test_dir}  ({time.perf_counter() - started:.0f} s)")
         from bilaf_core.features import load_feature_set
 
-        key = load_feature_set(train_dir).meta.get("key", "")
+        train_fs = load_feature_set(train_dir)
+        key = train_fs.meta.get("key", "")
         stale = [r for r in rows if r.features_key != key]
         if stale:
             log(f"{csv_path}: {len(stale)} rows from other features ({stale[0].features_key}) are kept but not reused")
         done = bm.completed_keys(rows, key)
         variants = bm.resolve_methods(args.methods)
-        total = bm.plan_size(variants, budgets, seeds, pools)
-        left = sum(1 for v in variants for b in budgets for s in seeds for p in pools if (p, v.label, b, s) not in done)
+        _, total, left = bm.plan_counts(train_fs.labels, variants, budgets, seeds, pools, done,
+                                        imbalance_ratio=args.imbalance_ratio)
         log(f"plan: {len(variants)} methods x {len(budgets)} budgets x {len(seeds)} seeds x {len(pools)} pools = {total} rows; "
             f"{total - left} already in {csv_path}, {left} to run")
         run_started = time.perf_counter()

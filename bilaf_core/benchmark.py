@@ -380,9 +380,16 @@ def _options(variant: Variant, pool: _PoolData, budget: int) -> dict:
     return options
 
 
-def plan_size(variants: Sequence[Variant], budgets: Sequence[int | str], seeds: Sequence[int], pools: Sequence[str]) -> int:
-    """Rows of a run (a percentage budget counts once per pool, whatever it resolves to)."""
-    return len(variants) * len(budgets) * len(seeds) * len(pools)
+def plan_counts(labels: np.ndarray, variants: Sequence[Variant], budgets: Sequence[int | str], seeds: Sequence[int],
+                pools: Sequence[str], done: set, *, imbalance_ratio: int = DEFAULT_IMBALANCE_RATIO) -> tuple[dict, int, int]:
+    """(the image counts each (pool, seed) runs — percentages resolved on that pool —, rows in
+    the plan, rows not yet `done`)."""
+    pool_sizes = {(p, seed): (labels.size if p == "full" else biased_pool(labels, ratio=imbalance_ratio, seed=seed).size)
+                  for p in pools for seed in seeds}
+    counts = {key: sorted({budget_count(b, n) for b in budgets}) for key, n in pool_sizes.items()}
+    total = sum(len(variants) * len(c) for c in counts.values())
+    todo = total - sum(1 for (p, s), c in counts.items() for v in variants for b in c if (p, v.label, b, s) in done)
+    return counts, total, todo
 
 
 def run_benchmark(
@@ -453,11 +460,7 @@ def run_benchmark(
             biased_pool(labels, ratio=imbalance_ratio, seed=seed)  # fail now, not after hours
     done = {tuple(k) for k in done}
     eval_options = dict(eval_options or {})
-    pool_sizes = {(p, seed): (labels.size if p == "full" else biased_pool(labels, ratio=imbalance_ratio, seed=seed).size)
-                  for p in pools for seed in seeds}
-    counts = {key: sorted({budget_count(b, n) for b in budgets}) for key, n in pool_sizes.items()}
-    total = sum(len(variants) * len(c) for c in counts.values())
-    todo = total - sum(1 for (p, s), c in counts.items() for v in variants for b in c if (p, v.label, b, s) in done)
+    counts, total, todo = plan_counts(labels, variants, budgets, seeds, pools, done, imbalance_ratio=imbalance_ratio)
     count = 0
     report = progress or (lambda fraction, message: None)
     minority = minority_classes(labels) if "biased" in pools else None

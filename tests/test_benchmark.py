@@ -367,3 +367,15 @@ def test_cli_record_puts_full_pool_runs_in_the_workspace(sets, tmp_path, capsys)
     # the multi-batch record at B=20 is the whole labelled set (both rounds)
     mb = [s for s in selections if s.get("method") == "kmeans-multibatch" and s.get("budget") == 20]
     assert mb and workspace.load_selection(mb[0]["id"]).indices.size == 20
+
+
+def test_plan_counts_resolve_percentages_per_pool_and_skip_done_rows():
+    labels = np.repeat(np.arange(10), 100)  # 1 000 images, 100 per class
+    variants = bm.resolve_methods("random,kmeans")
+    biased = bm.biased_pool(labels, ratio=10, seed=0).size
+    done = {("full", "random", 10, 0), ("full", "kmeans", 20, 0), ("full", "random", 1, 0)}  # the last is not in the plan
+    counts, total, todo = bm.plan_counts(labels, variants, ["1%", "2%"], [0, 1], ["full", "biased"], done, imbalance_ratio=10)
+    assert counts[("full", 0)] == counts[("full", 1)] == [10, 20]
+    assert counts[("biased", 0)] == sorted({bm.budget_count("1%", biased), bm.budget_count("2%", biased)})
+    assert total == 2 * 2 * 2 + 2 * 2 * len(counts[("biased", 0)])
+    assert todo == total - 2
