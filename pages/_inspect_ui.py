@@ -498,7 +498,7 @@ def follow_rerun(fs: dict) -> None:
 def repair_panel(fs: dict, meta: dict, state) -> None:
     """Replacements for the picks the pending edit removed, and the re-run keeping the edits."""
     shown = state.shown
-    if shown is None:
+    if shown is None or state.error:  # an edit the state refused (the page says why): nothing to repair from
         return
     removed_now = [int(i) for i in state.edits.get("remove", [])]
     try:

@@ -319,8 +319,12 @@ if picked_now.size:
                                help=f"Adds them to “{state.title}” (unsaved until you save the edit)."):
             state_mod.add(state, picked_now[~in_shown])
             st.rerun()
-        if n_remove and e2.button(f"Remove {n_remove:,} from the picks", key="map_remove", width="stretch",
-                                  help=f"Removes them from “{state.title}” (unsaved until you save the edit)."):
+        if n_remove and n_remove >= shown.budget:
+            # an empty selection is not a selection: say so instead of offering it
+            e2.caption(f"All {shown.budget:,} picks are among these points; removing them all would leave nothing. "
+                       "Select fewer points to remove some.")
+        elif n_remove and e2.button(f"Remove {n_remove:,} from the picks", key="map_remove", width="stretch",
+                                    help=f"Removes them from “{state.title}” (unsaved until you save the edit)."):
             state_mod.remove(state, picked_now[in_shown])
             st.rerun()
 

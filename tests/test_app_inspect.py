@@ -308,3 +308,17 @@ def test_side_by_side_coverage_is_on_the_shown_map_only_and_compares_the_baselin
     a, b = env["bilaf"].indices, env["kmeans"].indices
     assert _count(_trace(at, "only picked by K-Means", 0)) == np.setdiff1d(b, a).size
     assert _trace(at, "only picked by", 1) is None
+
+
+def test_removing_every_pick_is_not_offered_and_leaves_no_broken_repair_panel(env):
+    """A box over the whole map holds every pick: removing them all would leave an empty
+    selection, so the page says so instead of offering it (it used to accept the click, refuse the
+    empty edit with an error and show a repair panel built on the refused edit: an engine error)."""
+    at = _map(env)
+    at.session_state["map_chart"] = _event(range(env["n"]))
+    at.run()
+    _ok(at)
+    assert not [b for b in at.button if b.key == "map_remove"]
+    assert any("removing them all would leave nothing" in c.value for c in at.caption)
+    assert not [e.value for e in at.error], [e.value for e in at.error]
+    assert not [b for b in at.button if (b.key or "").startswith("map_repl_")]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_browser import CHROMIUM, _page, _shot_dirs, _small_workspace, _streamlit
+from test_browser import CHROMIUM, _choose, _page, _shot_dirs, _small_workspace, _streamlit
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"needs Chromium at {CHROMIUM} (Debian package `chromium`)")
 
@@ -111,3 +111,99 @@ def test_coverage_and_gaps_layers_in_a_real_browser(tmp_path):
                 "height": strip["y"] + strip["height"] + 60 - top["y"]}
         shot = _save_small(page.screenshot(clip=clip), dirs)
     assert 20_000 < shot.stat().st_size < 300_000
+
+
+def _tick(page, checkbox) -> None:
+    """Tick a Streamlit checkbox and wait until the page has it ticked (a click that lands while
+    the previous rerun is still being applied can be lost: click again, at most three times)."""
+    from playwright.sync_api import expect
+
+    for attempt in range(3):
+        if not checkbox.locator("input").is_checked():
+            checkbox.click()
+        try:
+            expect(checkbox.locator("input")).to_be_checked(timeout=15_000)
+            page.wait_for_timeout(1000)
+            if checkbox.locator("input").is_checked():
+                return
+        except AssertionError:
+            if attempt == 2:
+                raise
+
+
+def _box_select_part(page, plot, fraction: float) -> None:
+    """Drag a box over the left `fraction` of the plotting area, full height."""
+    drag = plot.locator(".nsewdrag").first
+    drag.wait_for(state="visible", timeout=60_000)
+    area = drag.bounding_box()
+    page.mouse.move(area["x"] + 3, area["y"] + 3)
+    page.mouse.down()
+    page.mouse.move(area["x"] + area["width"] * fraction / 2, area["y"] + area["height"] / 2, steps=5)
+    page.mouse.move(area["x"] + area["width"] * fraction, area["y"] + area["height"] - 3, steps=5)
+    page.mouse.up()
+
+
+@pytest.mark.slow
+def test_compare_highlight_and_repair_in_a_real_browser(tmp_path):
+    """Only-picked-by against a compared selection and the overlap matrix, a gap thumbnail's
+    "Show on map" ringing it, and repair: removing the picks offers replacements, and "Re-run
+    within the budget, keeping my edits" saves a child record that the Selection box shows."""
+    from playwright.sync_api import expect
+
+    from bilaf_core.selection import run_selection
+    from bilaf_core.workspace import Workspace
+
+    ws_root = _blobs_workspace(tmp_path)
+    ws = Workspace(ws_root)
+    fs = ws.list_feature_sets()[0]
+    bilaf_row = next(r for r in ws.list_selections(fs["id"]) if r["method"] == "bilaf")
+    bilaf = ws.load_selection(bilaf_row["id"])
+    kmeans = run_selection("kmeans", np.load(Path(fs["path"]) / "features.npy"), 20, seed=0)
+    ws.save_selection(kmeans, fs["id"], name="K-Means")
+    only_bilaf = np.setdiff1d(bilaf.indices, kmeans.indices).size
+    only_kmeans = np.setdiff1d(kmeans.indices, bilaf.indices).size
+    assert only_bilaf and only_kmeans
+
+    with _streamlit(ws_root, tmp_path / "streamlit.log") as url, _page(1400, 1700) as page:
+        page.goto(url + "/map")
+        legend = page.locator(".legendtext")
+        expect(legend.filter(has_text="BiLAF boundary picks (18)").first).to_be_visible(timeout=300_000)
+        _choose(page, "Also draw", ["K-Means · B=20"])
+        expect(legend.filter(has_text="K-Means · B=20 (20)").first).to_be_visible(timeout=120_000)
+        only = page.locator("[data-testid=stCheckbox]").filter(has_text="only picked by")
+        expect(only.locator("input")).to_be_enabled(timeout=60_000)  # enabled once a selection is compared
+        _tick(page, only)
+        expect(legend.filter(has_text=f"only picked by BiLAF · B=20 ({only_bilaf})").first).to_be_visible(timeout=120_000)
+        expect(legend.filter(has_text=f"only picked by K-Means · B=20 ({only_kmeans})").first).to_be_visible()
+        expect(page.get_by_text("picks in both (the diagonal: each selection's size)")).to_be_visible()
+
+        _tick(page, page.locator("[data-testid=stCheckbox]").filter(has_text="gaps (numbered)"))
+        expect(page.get_by_text(re.compile(r"^gap 1 · ")).first).to_be_visible(timeout=120_000)
+        page.get_by_role("button", name="Show on map").first.click()
+        expect(legend.filter(has_text="highlighted").first).to_be_visible(timeout=60_000)
+
+        # repair: a box over the left half of the map holds some of the picks; remove them
+        plot = page.locator(".js-plotly-plot").first
+        remove = page.get_by_role("button", name=re.compile(r"^Remove \d+ from the picks$"))
+        for attempt in range(3):
+            _box_select_part(page, plot, 0.5)
+            try:
+                expect(remove).to_be_visible(timeout=40_000)
+                break
+            except AssertionError:
+                if attempt == 2:
+                    raise
+        removed = int(re.match(r"Remove (\d+)", remove.inner_text()).group(1))
+        assert 0 < removed < 20
+        remove.click()
+        expect(legend.filter(has_text=f"removed by hand ({removed})").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("button", name=re.compile(r"^Add gap #\d+$"))).to_be_visible(timeout=60_000)
+        page.get_by_role("button", name="Re-run within the budget, keeping my edits").click()
+        selection_box = page.locator("[data-testid=stSelectbox]").filter(has_text="Selection").first.locator("input")
+        expect(selection_box).to_have_value(f"BiLAF · B=20 → re-run keeping edits: +0 −{removed}", timeout=300_000)
+
+    children = [r for r in ws.list_selections(fs["id"]) if r.get("parent_id") == bilaf_row["id"]]
+    assert len(children) == 1
+    child = ws.load_selection(children[0]["id"])
+    kept = np.setdiff1d(bilaf.indices, child.indices)
+    assert child.budget == 20 and kept.size == removed  # every kept pick is in it, none of the removed ones
