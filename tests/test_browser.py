@@ -207,7 +207,10 @@ def test_bilaf_selection_then_map_in_a_real_browser(tmp_path):
         page.mouse.move(area["x"] + area["width"] - 3, area["y"] + area["height"] - 3, steps=5)
         page.mouse.up()
         expect(page.get_by_text("400 points selected on the map")).to_be_visible(timeout=60_000)
-        expect(page.get_by_role("button", name="Remove 20 from the picks")).to_be_visible()
+        expect(page.get_by_role("button", name="Add 380 to the picks")).to_be_visible()
+        # every pick is in the box: removing them all would leave an empty selection, so it is not offered
+        expect(page.get_by_text("removing them all would leave nothing", exact=False)).to_be_visible()
+        expect(page.get_by_role("button", name=re.compile(r"^Remove \d+ from the picks$"))).to_have_count(0)
     assert shot.stat().st_size > 20_000
 
 
