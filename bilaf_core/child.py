@@ -46,18 +46,26 @@ def _task_extract(progress: ProgressFn, *, dataset: str, backbone: str, root: st
     return {"path": str(path)}
 
 
-def _task_select(progress: ProgressFn, *, workspace_root: str, feature_set_id: str, feature_path: str, method: str,
-                 budget: int, seed: int, options: dict, name: str | None) -> dict:
+def _pool_features(feature_path: str):
+    """The pool as the app's in-process memo gives it (pages/_store.load_features)."""
     import numpy as np
 
-    from .selection import run_selection
+    return np.ascontiguousarray(np.load(Path(feature_path) / "features.npy", allow_pickle=False), dtype=np.float32)
+
+
+def _saved(workspace_root: str, selection, feature_set_id: str, name: str | None, parent_id: str | None = None) -> dict:
     from .workspace import Workspace
 
-    # the same array the app's in-process memo gives (pages/_store.load_features)
-    features = np.ascontiguousarray(np.load(Path(feature_path) / "features.npy", allow_pickle=False), dtype=np.float32)
-    selection = run_selection(method, features, int(budget), seed=int(seed), progress=progress, **options)
-    selection_id = Workspace(workspace_root).save_selection(selection, feature_set_id, name=name)
+    selection_id = Workspace(workspace_root).save_selection(selection, feature_set_id, name=name, parent_id=parent_id)
     return {"selection_id": selection_id, "seconds": selection.timings.get("total")}
+
+
+def _task_select(progress: ProgressFn, *, workspace_root: str, feature_set_id: str, feature_path: str, method: str,
+                 budget: int, seed: int, options: dict, name: str | None) -> dict:
+    from .selection import run_selection
+
+    selection = run_selection(method, _pool_features(feature_path), int(budget), seed=int(seed), progress=progress, **options)
+    return _saved(workspace_root, selection, feature_set_id, name)
 
 
 def _task_rerun(progress: ProgressFn, *, workspace_root: str, feature_set_id: str, feature_path: str, method: str,
@@ -66,15 +74,12 @@ def _task_rerun(progress: ProgressFn, *, workspace_root: str, feature_set_id: st
     import numpy as np
 
     from .inspect import rerun_keeping_edits
-    from .workspace import Workspace
 
-    features = np.ascontiguousarray(np.load(Path(feature_path) / "features.npy", allow_pickle=False), dtype=np.float32)
-    selection = rerun_keeping_edits(method, features, int(budget), kept=np.asarray(kept, dtype=np.int64),
+    selection = rerun_keeping_edits(method, _pool_features(feature_path), int(budget), kept=np.asarray(kept, dtype=np.int64),
                                     removed=np.asarray(removed, dtype=np.int64),
                                     exclude=None if exclude is None else np.asarray(exclude, dtype=np.int64),
                                     seed=int(seed), progress=progress, **options)
-    selection_id = Workspace(workspace_root).save_selection(selection, feature_set_id, name=name, parent_id=parent_id)
-    return {"selection_id": selection_id, "seconds": selection.timings.get("total")}
+    return _saved(workspace_root, selection, feature_set_id, name, parent_id)
 
 
 def _task_evaluate(progress: ProgressFn, *, workspace_root: str, selection_id: str, feature_path: str, mode: str, seed: int,
