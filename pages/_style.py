@@ -61,34 +61,32 @@ def fmt_size(n_bytes: float | None) -> str:
     return f"{n_bytes:.1f} GB"
 
 
-def fmt_time(ts: Any) -> str:
-    """ISO string or epoch seconds -> 'YYYY-MM-DD HH:MM' in local time."""
+def _local_datetime(ts: Any):
+    """An ISO string or epoch seconds as a datetime in local time (ValueError when neither)."""
     import datetime as _dt
 
+    when = _dt.datetime.fromtimestamp(ts) if isinstance(ts, (int, float)) else _dt.datetime.fromisoformat(str(ts))
+    return when.astimezone() if when.tzinfo is not None else when
+
+
+def fmt_time(ts: Any) -> str:
+    """ISO string or epoch seconds -> 'YYYY-MM-DD HH:MM' in local time."""
     if ts is None or ts == "":
         return "—"
     try:
-        when = _dt.datetime.fromtimestamp(ts) if isinstance(ts, (int, float)) else _dt.datetime.fromisoformat(str(ts))
+        return _local_datetime(ts).strftime("%Y-%m-%d %H:%M")
     except ValueError:
         return str(ts)[:16].replace("T", " ")
-    if when.tzinfo is not None:
-        when = when.astimezone()
-    return when.strftime("%Y-%m-%d %H:%M")
 
 
 def fmt_time_of_day(ts: Any) -> str:
     """'HH:MM:SS' (local time) of an ISO timestamp or epoch seconds."""
-    import datetime as _dt
-
     if ts is None or ts == "":
         return "—"
     try:
-        when = _dt.datetime.fromtimestamp(ts) if isinstance(ts, (int, float)) else _dt.datetime.fromisoformat(str(ts))
+        return _local_datetime(ts).strftime("%H:%M:%S")
     except ValueError:
         return str(ts)[11:19]
-    if when.tzinfo is not None:
-        when = when.astimezone()
-    return when.strftime("%H:%M:%S")
 
 
 fmt_duration = jobs_mod.format_duration
