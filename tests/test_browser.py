@@ -200,13 +200,7 @@ def test_bilaf_selection_then_map_in_a_real_browser(tmp_path):
         shot = _save(page.screenshot(), "browser-map.png", dirs)
 
         # a box drawn over the whole plotting area selects every point (Streamlit's selection event)
-        area = plot.locator(".nsewdrag").first.bounding_box()
-        page.mouse.move(area["x"] + 3, area["y"] + 3)
-        page.mouse.down()
-        page.mouse.move(area["x"] + area["width"] / 2, area["y"] + area["height"] / 2, steps=5)
-        page.mouse.move(area["x"] + area["width"] - 3, area["y"] + area["height"] - 3, steps=5)
-        page.mouse.up()
-        expect(page.get_by_text("400 points selected on the map")).to_be_visible(timeout=60_000)
+        _box_select_until(page, plot, page.get_by_text("400 points selected on the map"))
         expect(page.get_by_role("button", name="Add 380 to the picks")).to_be_visible()
         # every pick is in the box: removing them all would leave an empty selection, so it is not offered
         expect(page.get_by_text("removing them all would leave nothing", exact=False)).to_be_visible()
@@ -214,8 +208,9 @@ def test_bilaf_selection_then_map_in_a_real_browser(tmp_path):
     assert shot.stat().st_size > 20_000
 
 
-def _box_select_all(page, plot) -> None:
-    """Drag a box over the whole plotting area (Streamlit turns it into a selection event)."""
+def _box_select(page, plot, fraction: float = 1.0) -> None:
+    """Drag a box over the left `fraction` of the plotting area, full height (1.0: the whole
+    area, every point); Streamlit turns it into a selection event."""
     drag = plot.locator(".nsewdrag").first
     area = None
     for _ in range(30):  # the figure may be redrawn just now (a rerun): wait until it is laid out
@@ -227,9 +222,24 @@ def _box_select_all(page, plot) -> None:
     assert area, "the map's plotting area never showed"
     page.mouse.move(area["x"] + 3, area["y"] + 3)
     page.mouse.down()
-    page.mouse.move(area["x"] + area["width"] / 2, area["y"] + area["height"] / 2, steps=5)
-    page.mouse.move(area["x"] + area["width"] - 3, area["y"] + area["height"] - 3, steps=5)
+    page.mouse.move(area["x"] + area["width"] * fraction / 2, area["y"] + area["height"] / 2, steps=5)
+    page.mouse.move(area["x"] + area["width"] * fraction - 3, area["y"] + area["height"] - 3, steps=5)
     page.mouse.up()
+
+
+def _box_select_until(page, plot, shown, fraction: float = 1.0, tries: int = 3) -> None:
+    """Box-select (see _box_select) until `shown` (a locator) is visible: a drag that lands while
+    the page is being redrawn can be lost, so it is tried again, at most `tries` times."""
+    from playwright.sync_api import expect
+
+    for attempt in range(tries):
+        _box_select(page, plot, fraction)
+        try:
+            expect(shown).to_be_visible(timeout=40_000)
+            return
+        except AssertionError:
+            if attempt == tries - 1:
+                raise
 
 
 def test_map_tells_the_truth_in_a_real_browser(tmp_path):
@@ -292,15 +302,7 @@ def test_map_tells_the_truth_in_a_real_browser(tmp_path):
         expect(legend.filter(has_text="BiLAF boundary picks (18)").first).to_be_visible(timeout=60_000)
         page.wait_for_timeout(2000)
         plot = page.locator(".js-plotly-plot").first
-        selected = page.get_by_text("400 points selected on the map")
-        for attempt in range(3):
-            _box_select_all(page, plot)
-            try:
-                expect(selected).to_be_visible(timeout=40_000)
-                break
-            except AssertionError:
-                if attempt == 2:
-                    raise
+        _box_select_until(page, plot, page.get_by_text("400 points selected on the map"))
         page.get_by_role("button", name="Add 380 to the picks").click()
         expect(legend.filter(has_text="added by hand (380)").first).to_be_visible(timeout=60_000)
         page.get_by_role("button", name="Save edited selection").click()

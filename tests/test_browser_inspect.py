@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_browser import CHROMIUM, _choose, _page, _shot_dirs, _small_workspace, _streamlit
+from test_browser import CHROMIUM, _box_select_until, _choose, _page, _shot_dirs, _small_workspace, _streamlit
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"needs Chromium at {CHROMIUM} (Debian package `chromium`)")
 
@@ -131,18 +131,6 @@ def _tick(page, checkbox) -> None:
                 raise
 
 
-def _box_select_part(page, plot, fraction: float) -> None:
-    """Drag a box over the left `fraction` of the plotting area, full height."""
-    drag = plot.locator(".nsewdrag").first
-    drag.wait_for(state="visible", timeout=60_000)
-    area = drag.bounding_box()
-    page.mouse.move(area["x"] + 3, area["y"] + 3)
-    page.mouse.down()
-    page.mouse.move(area["x"] + area["width"] * fraction / 2, area["y"] + area["height"] / 2, steps=5)
-    page.mouse.move(area["x"] + area["width"] * fraction, area["y"] + area["height"] - 3, steps=5)
-    page.mouse.up()
-
-
 @pytest.mark.slow
 def test_compare_highlight_and_repair_in_a_real_browser(tmp_path):
     """Only-picked-by against a compared selection and the overlap matrix, a gap thumbnail's
@@ -185,14 +173,7 @@ def test_compare_highlight_and_repair_in_a_real_browser(tmp_path):
         # repair: a box over the left half of the map holds some of the picks; remove them
         plot = page.locator(".js-plotly-plot").first
         remove = page.get_by_role("button", name=re.compile(r"^Remove \d+ from the picks$"))
-        for attempt in range(3):
-            _box_select_part(page, plot, 0.5)
-            try:
-                expect(remove).to_be_visible(timeout=40_000)
-                break
-            except AssertionError:
-                if attempt == 2:
-                    raise
+        _box_select_until(page, plot, remove, fraction=0.5)
         removed = int(re.match(r"Remove (\d+)", remove.inner_text()).group(1))
         assert 0 < removed < 20
         remove.click()
