@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     parser.add_argument("--validation", action="store_true",
                         help="select from 5/6 of the training split and score on the held-out sixth (choose defaults here, never on the test split)")
     parser.add_argument("--budgets", help=f"comma-separated (default {FULL['budgets']}; --quick {QUICK['budgets']})")
-    parser.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a list (default 3; --quick 2)")
+    parser.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a list (0,5,7; one seed: 2,) (default 3; --quick 2)")
     parser.add_argument("--methods", default="all", help="'all' (every method + bilaf-reference) or a comma-separated list")
     parser.add_argument("--pool", default="both", choices=("full", "biased", "both"))
     parser.add_argument("--imbalance-ratio", type=int, default=bm.DEFAULT_IMBALANCE_RATIO)
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         variants = bm.resolve_methods(args.methods)
         _, total, left = bm.plan_counts(train_fs.labels, variants, budgets, seeds, pools, done,
                                         imbalance_ratio=args.imbalance_ratio)
-        log(f"plan: {len(variants)} methods x {len(budgets)} budgets x {len(seeds)} seeds x {len(pools)} pools = {total} rows; "
+        log(f"plan: {len(variants)} methods x {len(budgets)} budgets x {len(seeds)} seeds ({','.join(map(str, seeds))}) x {len(pools)} pools = {total} rows; "
             f"{total - left} already in {csv_path}, {left} to run")
         run_started = time.perf_counter()
         finished = 0

@@ -180,7 +180,7 @@ def budget_count(budget: int | str, n_pool: int) -> int:
 
 
 def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
-    """``3`` -> [0, 1, 2]; ``"0,5,7"`` -> [0, 5, 7]."""
+    """``3`` -> [0, 1, 2]; ``"0,5,7"`` -> [0, 5, 7]; ``"2,"`` -> [2] (one seed is a list of one)."""
     if isinstance(text, int) and not isinstance(text, bool):
         count = text
     else:
@@ -200,7 +200,8 @@ def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
                 raise BilafError(f"--seeds: seeds must be integers >= 0; got {text!r}")
             return seeds
     if count < 1:
-        raise BilafError(f"--seeds must be at least 1 (the number of seeds, 0..N-1); got {count}")
+        hint = " (to run seed 0 alone, write it as a list of one: --seeds 0,)" if count == 0 else ""
+        raise BilafError(f"--seeds N is a count, at least 1 (seeds 0..N-1); got {count}{hint}")
     return list(range(count))
 
 

@@ -60,6 +60,9 @@ def test_method_budget_seed_parsing():
     assert [v.key for v in bm.resolve_methods("random,bilaf")] == ["bilaf", "random"]  # display order
     assert bm.parse_budgets("50, 10,10") == [10, 50]
     assert bm.parse_seeds("3") == [0, 1, 2] and bm.parse_seeds("4,1") == [1, 4]
+    assert bm.parse_seeds("2,") == [2]  # one seed is a list of one
+    with pytest.raises(BilafError, match=r"--seeds 0,"):
+        bm.parse_seeds("0")
     for bad in (lambda: bm.resolve_methods("bilaf,magic"), lambda: bm.parse_budgets("10,0"),
                 lambda: bm.parse_budgets("ten"), lambda: bm.parse_seeds("0"), lambda: bm.parse_pools("skewed")):
         with pytest.raises(BilafError):

@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
                         help="comma-separated budgets (default %(default)s)")
     parser.add_argument("--methods", default="all",
                         help=f"'all' (every method, plus {REFERENCE_KEY} = bilaf --compat reference) or a comma-separated list (default all)")
-    parser.add_argument("--seeds", default="3", help="number of seeds, 3 = seeds 0,1,2; or a list such as 0,5,7 (default 3)")
+    parser.add_argument("--seeds", default="3", help="number of seeds, 3 = seeds 0,1,2; or a list such as 0,5,7 (one seed: 2,) (default 3)")
     parser.add_argument("--test-features", help="the test split's feature set (default: the dataset's test split, found by "
                         "the evaluation; required for --pool biased)")
     parser.add_argument("--pool", default="full", choices=("full", "biased", "both"),
