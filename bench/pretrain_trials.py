@@ -11,6 +11,7 @@ is measured and left out of the training CPU seconds.
     nice -n 10 python bench/pretrain_trials.py trial tiny-vicreg --steps 60 --points 4
     python bench/pretrain_trials.py evaluate pool:/path/to/backbone
     python bench/pretrain_trials.py checkpoint /path/to/running/backbone-folder   # watch a long run
+    python bench/pretrain_trials.py checkpoint FOLDER --record   # ... and append the point to --results
 
 Every run appends its rows to ``--results`` (JSON lines), and ``table`` prints them with a
 log-linear extrapolation per recipe: 20-NN ≈ a + b·ln(CPU seconds).  Runs on one thread
@@ -123,6 +124,14 @@ def evaluate_checkpoint_file(folder: Path) -> tuple[float, int]:
     return evaluate_module(network, identity["image_size"], spec.mean, spec.std), int(checkpoint["epoch"])
 
 
+def _training_cpu_seconds(folder: Path, epoch: int) -> float:
+    """CPU seconds the run spent on its first `epoch` epochs, from its ``train_log.json``."""
+    from bilaf_core.pretrain import LOG_FILE
+
+    log = json.loads((Path(folder) / LOG_FILE).read_text())
+    return round(sum(e["cpu_seconds"] for e in log["epochs"] if e["epoch"] <= epoch), 1)
+
+
 def raw_pixels_accuracy() -> float:
     train_x, train_y = _fashion("train", REFERENCES)
     test_x, test_y = _fashion("test", QUERIES)
@@ -217,6 +226,8 @@ def main(argv=None) -> int:
     evaluate.add_argument("--image-size", type=int)
     watch = sub.add_parser("checkpoint", help="20-NN of a running/interrupted run's last finished epoch")
     watch.add_argument("folder", type=Path)
+    watch.add_argument("--record", action="store_true",
+                       help="append (epoch, training CPU s from its train_log.json, 20-NN) to --results: a long run's curve")
     table = sub.add_parser("table", help="print the results with the extrapolation")
     table.add_argument("--horizon", type=float, default=2 * 3600 * 1.6,
                        help="single-thread CPU seconds of the long run (default: 2 h x 1.6, two threads' speed-up)")
@@ -239,6 +250,9 @@ def main(argv=None) -> int:
     elif args.what == "checkpoint":
         accuracy, epoch = evaluate_checkpoint_file(args.folder)
         print(f"epoch {epoch}: 20-NN {accuracy:.4f}")
+        if args.record:
+            _append(args.results, {"recipe": f"long run {args.folder.name}", "epoch": epoch,
+                                   "train_cpu_s": _training_cpu_seconds(args.folder, epoch), "knn20": accuracy})
     else:
         print_table(args.results, args.horizon)
     return 0
