@@ -495,4 +495,6 @@ def during_jobs_bench(args) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench._script import run
+
+    run(main)

@@ -266,4 +266,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench._script import run
+
+    run(main)

@@ -93,8 +93,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BilafError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    from bench._script import run
+
+    run(main)

@@ -916,4 +916,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench._script import run
+
+    run(main)

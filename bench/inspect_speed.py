@@ -108,4 +108,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from bench._script import run
+
+    run(main)

@@ -259,4 +259,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from bench._script import run
+
+    run(main)

@@ -189,4 +189,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from bench._script import run
+
+    run(main)
