@@ -16,8 +16,9 @@ Registered names (:func:`available_backbones`):
   the paper's ``dino_deitsmall16_pretrain.pth``).  Feature: the [CLS] token after the final norm.
 * any other timm model name, with ``--weights PATH`` (or ``--download``).
 * ``pool:NAME`` — a backbone made by ``python -m bilaf_core pretrain`` (self-supervised on an
-  image pool, :mod:`bilaf_core.pretrain`): NAME is a folder under ``<workspace>/backbones/`` or a
-  path to a backbone folder (``backbone.json`` + ``weights.pth``).  Its weights are local, its
+  image pool, :mod:`bilaf_core.pretrain`): NAME is a folder under ``<workspace>/backbones/``, one
+  shipped with the project under ``bilaf_core/pretrained/`` (the workspace's wins on a shared
+  name), or a path to a backbone folder (``backbone.json`` + ``weights.pth``).  Its weights are local, its
   architecture, input size, normalisation and feature layer come from ``backbone.json``.  The small
   CNNs of :mod:`bilaf_core.small_cnn` are timm models too (``bilaf_small_cnn``, ``bilaf_tiny_cnn``).
 
@@ -133,23 +134,37 @@ def pool_backbones_root() -> Path:
     return workspace_root() / "backbones"
 
 
-def pool_backbone_names() -> list[str]:
-    """``pool:NAME`` for every finished pretrained backbone folder under :func:`pool_backbones_root`."""
-    root = pool_backbones_root()
+#: pretrained backbones that ship with the project (made by ``pretrain``; weights, config and log)
+SHIPPED_BACKBONES_ROOT = Path(__file__).resolve().parent / "pretrained"
+
+
+def _finished_folders(root: Path) -> list[Path]:
     try:
-        folders = sorted(p for p in root.iterdir() if (p / BACKBONE_CONFIG).is_file())
+        return sorted(p for p in root.iterdir() if (p / BACKBONE_CONFIG).is_file())
     except OSError:
         return []
-    return [POOL_PREFIX + p.name for p in folders]
+
+
+def pool_backbone_names() -> list[str]:
+    """``pool:NAME`` for every finished pretrained backbone folder: the workspace's
+    (:func:`pool_backbones_root`), then those shipped with the project not shadowed by one of them."""
+    names = [p.name for p in _finished_folders(pool_backbones_root())]
+    names += [p.name for p in _finished_folders(SHIPPED_BACKBONES_ROOT) if p.name not in names]
+    return [POOL_PREFIX + n for n in names]
 
 
 def pool_backbone_folder(name: str) -> Path:
-    """The folder behind ``pool:NAME`` (a name under the workspace's backbones, or a path)."""
+    """The folder behind ``pool:NAME``: a path, a name under the workspace's backbones, or else a
+    name shipped with the project (the workspace's folder, finished or not, comes first)."""
     ref = name[len(POOL_PREFIX):] if name.startswith(POOL_PREFIX) else name
     if not ref:
         raise BilafError("pool: needs a backbone name or folder, e.g. pool:fashion-mnist-small-cnn")
     looks_like_path = "/" in ref or ref.startswith(("~", "."))
-    return Path(ref).expanduser().resolve() if looks_like_path else pool_backbones_root() / ref
+    if looks_like_path:
+        return Path(ref).expanduser().resolve()
+    workspace = pool_backbones_root() / ref
+    shipped = SHIPPED_BACKBONES_ROOT / ref
+    return shipped if not workspace.exists() and (shipped / BACKBONE_CONFIG).is_file() else workspace
 
 
 def _pool_spec(name: str) -> BackboneSpec:

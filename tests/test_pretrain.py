@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from bilaf_core import backbones as backbones_mod
 from bilaf_core import pretrain as pretrain_mod
 from bilaf_core.backbones import available_backbones, build_backbone, get_backbone_spec, resolve_weights
 from bilaf_core.datasets import ArrayDataset, get_dataset
@@ -227,12 +228,30 @@ def test_no_room_for_checkpoints(tmp_path, monkeypatch):
 
 def test_workspace_backbones_are_listed_and_named_pool_name(tmp_path, monkeypatch):
     monkeypatch.setenv("BILAF_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setattr(backbones_mod, "SHIPPED_BACKBONES_ROOT", tmp_path / "none-shipped")
     assert not [b for b in available_backbones() if b.startswith("pool:")]
     result = pretrain(**TINY, method="byol", epochs=1)  # default --out: <workspace>/backbones/<name>
     assert result.backbone == "pool:synthetic-tiny-cnn-byol-32px"
     assert result.out == tmp_path / "ws" / "backbones" / "synthetic-tiny-cnn-byol-32px"
     assert "pool:synthetic-tiny-cnn-byol-32px" in available_backbones()
     assert "pretrained on synthetic (byol, 1 epochs, tiny-cnn)" in get_backbone_spec(result.backbone).summary
+
+
+def test_shipped_backbones_are_pool_names_and_a_workspace_folder_of_the_same_name_wins(tmp_path, monkeypatch):
+    shipped_root = tmp_path / "shipped"
+    pretrain(**TINY, method="simclr", epochs=1, out_dir=shipped_root / "made-here")
+    (shipped_root / "unfinished").mkdir()  # no backbone.json: not listed
+    monkeypatch.setattr(backbones_mod, "SHIPPED_BACKBONES_ROOT", shipped_root)
+    monkeypatch.setenv("BILAF_WORKSPACE", str(tmp_path / "ws"))
+    assert [b for b in available_backbones() if b.startswith("pool:")] == ["pool:made-here"]
+    spec = get_backbone_spec("pool:made-here")
+    assert spec.weights_file.startswith(str(shipped_root / "made-here"))
+    fs = load_feature_set(extract_features("synthetic", "pool:made-here", limit=8, out_dir=tmp_path / "fs"))
+    assert fs.features.shape == (8, 128) and fs.meta["weights_source"] == "pretrained"
+    # a workspace backbone of the same name shadows the shipped one, in the list and in the lookup
+    pretrain(**TINY, method="byol", epochs=1, out_dir=tmp_path / "ws" / "backbones" / "made-here")
+    assert [b for b in available_backbones() if b.startswith("pool:")] == ["pool:made-here"]
+    assert "(byol," in get_backbone_spec("pool:made-here").summary
 
 
 def test_augmentations_are_per_image_and_seeded():
