@@ -3,6 +3,8 @@ selection, the results file and the ``bench`` CLI.  Tiny synthetic feature sets;
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import numpy as np
@@ -309,6 +311,10 @@ def test_plot(tmp_path):
                                                               ("random", "", "random")] for b in (10, 20)]
     path = bm.plot_results(rows, tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the y axis says how the rows were scored (a finetuned plot once claimed "linear-probe")
+    assert bm._scoring_name(rows) == "linear-probe"
+    finetuned = [dataclasses.replace(r, eval_mode="finetune") for r in rows]
+    assert bm._scoring_name(finetuned) == "finetuned" and bm._scoring_name(rows + finetuned) == "mixed-scoring"
 
 
 # ---------------------------------------------------------------------------------------------
