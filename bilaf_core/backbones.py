@@ -147,9 +147,11 @@ def _finished_folders(root: Path) -> list[Path]:
 
 def pool_backbone_names() -> list[str]:
     """``pool:NAME`` for every finished pretrained backbone folder: the workspace's
-    (:func:`pool_backbones_root`), then those shipped with the project not shadowed by one of them."""
+    (:func:`pool_backbones_root`), then those shipped with the project that no workspace folder of
+    the same name (finished or not) shadows — as :func:`pool_backbone_folder` resolves them."""
     names = [p.name for p in _finished_folders(pool_backbones_root())]
-    names += [p.name for p in _finished_folders(SHIPPED_BACKBONES_ROOT) if p.name not in names]
+    # a shipped backbone is listed when the lookup would find it (no workspace folder of its name)
+    names += [p.name for p in _finished_folders(SHIPPED_BACKBONES_ROOT) if pool_backbone_folder(p.name) == p]
     return [POOL_PREFIX + n for n in names]
 
 

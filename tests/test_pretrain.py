@@ -244,6 +244,13 @@ def test_shipped_backbones_are_pool_names_and_a_workspace_folder_of_the_same_nam
     monkeypatch.setattr(backbones_mod, "SHIPPED_BACKBONES_ROOT", shipped_root)
     monkeypatch.setenv("BILAF_WORKSPACE", str(tmp_path / "ws"))
     assert [b for b in available_backbones() if b.startswith("pool:")] == ["pool:made-here"]
+    # an unfinished workspace run of the same name shadows it in the lookup, so not listed either
+    (tmp_path / "ws" / "backbones" / "made-here").mkdir(parents=True)
+    assert not [b for b in available_backbones() if b.startswith("pool:")]
+    with pytest.raises(BilafError, match="holds no finished pretrained backbone"):
+        get_backbone_spec("pool:made-here")
+    (tmp_path / "ws" / "backbones" / "made-here").rmdir()
+    assert [b for b in available_backbones() if b.startswith("pool:")] == ["pool:made-here"]
     spec = get_backbone_spec("pool:made-here")
     assert spec.weights_file.startswith(str(shipped_root / "made-here"))
     fs = load_feature_set(extract_features("synthetic", "pool:made-here", limit=8, out_dir=tmp_path / "fs"))
