@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.pretrain_trials import QUERIES, REFERENCES, knn20_accuracy  # noqa: E402
+from bench.pretrain_trials import QUERIES, REFERENCES, knn20_accuracy, majority_vote  # noqa: E402
 
 DATASET = "fashion-mnist"
 UPPER_BODY = ("T-shirt/top", "Pullover", "Coat", "Shirt")
@@ -47,22 +47,19 @@ def map_agreement(coords: np.ndarray, labels: np.ndarray, k: int = MAP_K) -> np.
     from sklearn.neighbors import NearestNeighbors
 
     _, idx = NearestNeighbors(n_neighbors=k + 1).fit(coords).kneighbors(coords)
-    votes = labels[idx[:, 1:]]  # drop the point itself
-    n_classes = int(labels.max()) + 1
-    counts = np.stack([(votes == c).sum(axis=1) for c in range(n_classes)], axis=1)
-    return (counts.argmax(axis=1) == labels).astype(np.float64)
+    predicted = majority_vote(labels[idx[:, 1:]], int(labels.max()) + 1)  # [:, 1:] drops the point itself
+    return (predicted == labels).astype(np.float64)
 
 
-def extraction_speed(backbone: str) -> tuple[float, float]:
-    """Images per second extracting the 10 000 test images afresh, and the load average then."""
-    from bilaf_core.features import extract_features, load_feature_set
+def extraction_speed(backbone: str, n_images: int) -> tuple[float, float]:
+    """Images per second extracting the `n_images` test images afresh, and the load average then."""
+    from bilaf_core.features import extract_features
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        folder = extract_features(DATASET, backbone, split="test", out_dir=Path(tmp) / "speed")
+        extract_features(DATASET, backbone, split="test", out_dir=Path(tmp) / "speed")
         seconds = time.perf_counter() - start
-        n = load_feature_set(folder).n
-    return n / seconds, os.getloadavg()[0]
+    return n_images / seconds, os.getloadavg()[0]
 
 
 def evaluate(backbone: str, log) -> dict:
@@ -80,7 +77,7 @@ def evaluate(backbone: str, log) -> dict:
     row["knn20"] = knn20_accuracy(train.features[:REFERENCES], train.labels[:REFERENCES],
                                   test.features[:QUERIES], test.labels[:QUERIES])
     log(f"{backbone}: extraction speed")
-    row["img_per_s"], row["load"] = extraction_speed(backbone)
+    row["img_per_s"], row["load"] = extraction_speed(backbone, test.n)
     log(f"{backbone}: UMAP map of the {test.n:,} test images")
     coords, _ = compute_projection(test.features, seed=0)
     agree = map_agreement(coords, test.labels)

@@ -52,6 +52,14 @@ RECIPES = {
 }
 
 
+def majority_vote(neighbour_labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per row of (N, k) neighbour labels, the most frequent label (ties: the lowest class)."""
+    n, k = neighbour_labels.shape
+    votes = np.zeros((n, n_classes), dtype=np.int64)
+    np.add.at(votes, (np.repeat(np.arange(n), k), neighbour_labels.ravel()), 1)
+    return votes.argmax(axis=1)
+
+
 def knn20_accuracy(reference_x, reference_y, query_x, query_y, k: int = K) -> float:
     """Cosine k-NN, majority vote (ties: the lowest class), accuracy on the queries."""
     def unit(a):
@@ -60,9 +68,8 @@ def knn20_accuracy(reference_x, reference_y, query_x, query_y, k: int = K) -> fl
 
     similarity = unit(query_x) @ unit(reference_x).T
     nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-    votes = np.zeros((len(query_x), int(reference_y.max()) + 1), dtype=np.int64)
-    np.add.at(votes, (np.repeat(np.arange(len(query_x)), k), reference_y[nearest].ravel()), 1)
-    return float((votes.argmax(axis=1) == query_y).mean())
+    predicted = majority_vote(reference_y[nearest], int(reference_y.max()) + 1)
+    return float((predicted == query_y).mean())
 
 
 def _fashion(split: str, limit: int):
