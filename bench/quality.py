@@ -110,7 +110,7 @@ def print_tables(rows, pools, out=sys.stdout) -> None:
         title = {"full": "Full pool", "biased": "Biased pool"}[pool]
         sample = next(r for r in rows if r.pool == pool)
         extra = f", {sample.imbalance_ratio}x imbalance" if pool == "biased" else ""
-        scored = {"finetune": "finetuned (cpu-quick)", "knn": "k-NN"}.get(sample.eval_mode, "linear-probe")
+        scored = bm.scoring_name(r for r in rows if r.pool == pool) + (" (cpu-quick)" if sample.eval_mode == "finetune" else "")
         print(f"\n#### {title} ({sample.n_pool:,} images{extra}) — {scored} test accuracy, % (mean ± std over seeds)\n", file=out)
         print(bm.accuracy_table(rows, pool), file=out)
         print(f"\n#### {title} — selection time per method (mean over seeds)\n", file=out)

@@ -800,7 +800,7 @@ _MPL_MARKERS = {"diamond": "D", "star": "*", "circle": "o", "square": "s", "squa
                 "triangle-down": "v", "pentagon": "p", "hexagon": "h", "cross": "P"}
 
 
-def _scoring_name(rows: Iterable[BenchRow]) -> str:
+def scoring_name(rows: Iterable[BenchRow]) -> str:
     """How the rows were scored, for an axis label: one mode's name, or "mixed" scoring."""
     names = {"linear-probe": "linear-probe", "knn": "k-NN", "finetune": "finetuned"}
     modes = {r.eval_mode for r in rows}
@@ -851,7 +851,7 @@ def plot_results(rows: Sequence[BenchRow], path, *, pools: Sequence[str] | None 
         ax.set_xticklabels([str(b) for b in all_budgets])
         ax.minorticks_off()
         ax.set_xlabel("budget B (labelled images)")
-        ax.set_ylabel(f"{_scoring_name(r for r in rows if r.pool == pool)} test accuracy (%)")
+        ax.set_ylabel(f"{scoring_name(r for r in rows if r.pool == pool)} test accuracy (%)")
         ax.set_title({"full": "full pool", "biased": "biased pool (class-imbalanced)"}.get(pool, pool))
         ax.grid(True, alpha=0.3)
     handles, names = axes[0][0].get_legend_handles_labels()

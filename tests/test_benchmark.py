@@ -312,9 +312,9 @@ def test_plot(tmp_path):
     path = bm.plot_results(rows, tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the y axis says how the rows were scored (a finetuned plot once claimed "linear-probe")
-    assert bm._scoring_name(rows) == "linear-probe"
+    assert bm.scoring_name(rows) == "linear-probe"
     finetuned = [dataclasses.replace(r, eval_mode="finetune") for r in rows]
-    assert bm._scoring_name(finetuned) == "finetuned" and bm._scoring_name(rows + finetuned) == "mixed-scoring"
+    assert bm.scoring_name(finetuned) == "finetuned" and bm.scoring_name(rows + finetuned) == "mixed-scoring"
 
 
 # ---------------------------------------------------------------------------------------------
