@@ -3,6 +3,11 @@
 A reader therefore sees either the old file or the complete new one, never a half-written file,
 and an interrupted writer leaves at most a stray ``.tmp-*`` file that is ignored (and cleaned up
 on failure when Python gets the chance).
+
+The file gets the permissions a plain ``open(path, "w")`` would give it (``0o666`` less the
+process's umask), or keeps those of the file it replaces: ``tempfile.mkstemp`` alone creates
+``0o600`` files, which a colleague, a web server or an annotation tool reading a shared workspace
+or an exported selection could not open.
 """
 
 from __future__ import annotations
@@ -19,6 +24,23 @@ from typing import Iterator
 import numpy as np
 
 
+def _process_umask() -> int:
+    # Read once, at import: os.umask can only be read by setting it, which is not thread-safe later.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
+def _mode_for(target: Path) -> int:
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it."""
@@ -28,6 +50,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, _mode_for(target))
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
