@@ -720,8 +720,11 @@ def center_crop_resize(x, size: int, *, fraction: float = 1.0, interpolation: st
     side = max(1, round(min(height, width) * fraction))
     top, left = (height - side) // 2, (width - side) // 2
     x = x[:, :, top:top + side, left:left + side]
-    if side != size:
-        x = F.interpolate(x, size=(size, size), mode=interpolation, align_corners=False, antialias=True)
+    if side == size:
+        # Already the asked size: pixels are in [0, 1] and `x` may be a view of the caller's
+        # tensor (a grey image expanded to 3 channels), which must not be written in place.
+        return x
+    x = F.interpolate(x, size=(size, size), mode=interpolation, align_corners=False, antialias=True)
     return x.clamp_(0.0, 1.0)
 
 

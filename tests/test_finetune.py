@@ -294,6 +294,21 @@ def test_random_resized_crop_full_image_is_identity_and_flip_mirrors():
     assert torch.allclose(centre, x[:, :, 4:12, 4:12])
 
 
+def test_test_transform_at_the_images_own_size_takes_grey_images_expanded_to_three_channels():
+    # Finetuning Fashion-MNIST at 28 px crashed after training, when it predicted the test split:
+    # the grey batch is one channel expanded to three (a view) and was clamped in place.
+    import torch
+
+    from bilaf_core.finetune import _pixels_to_tensor, center_crop_resize
+
+    pixels = np.random.default_rng(0).integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
+    x = _pixels_to_tensor(pixels, "cpu")
+    out = center_crop_resize(x, 28)
+    assert out.shape == (4, 3, 28, 28)
+    assert torch.equal(out[:, 0], torch.from_numpy(pixels).float() / 255.0)
+    assert torch.equal(center_crop_resize(x, 14, fraction=0.5), out[:, :, 7:21, 7:21])
+
+
 def test_min_steps_raises_the_epochs_so_the_training_length_follows_the_budget(synthetic_pool, tmp_path):
     import dataclasses
 
