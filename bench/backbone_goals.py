@@ -22,7 +22,7 @@ workspace like any extraction):
 from __future__ import annotations
 
 import argparse
-import json
+import io
 import os
 import sys
 import tempfile
@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from bilaf_core.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
 from bench.pretrain_trials import QUERIES, REFERENCES, knn20_accuracy, majority_vote  # noqa: E402
 
 DATASET = "fashion-mnist"
@@ -108,8 +109,10 @@ def draw(rows: list[dict], path: Path) -> None:
     axes[0][-1].legend(markerscale=5, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle("Fashion-MNIST test split (10 000 images), UMAP of each backbone's features", fontsize=11)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def main(argv=None) -> int:
@@ -129,10 +132,9 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['backbone']} | {r['dim']} | {100 * r['probe_all']:.1f} % | {r['knn20']:.3f} | "
               f"{r['img_per_s']:,.0f} ({r['load']:.1f}) | {100 * r['map_all']:.1f} / {100 * r['map_upper']:.1f} % |")
-    args.out.mkdir(parents=True, exist_ok=True)
     draw(rows, args.out / "backbone-goals.png")
-    record = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-    (args.out / "backbone-goals.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_json(args.out / "backbone-goals.json", [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+                      indent=2)
     print(f"\nwrote {args.out / 'backbone-goals.png'} and backbone-goals.json "
           f"(load average {os.getloadavg()[0]:.1f} now)")
     return 0
