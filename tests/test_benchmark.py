@@ -4,7 +4,6 @@ selection, the results file and the ``bench`` CLI.  Tiny synthetic feature sets;
 from __future__ import annotations
 
 import dataclasses
-
 import math
 
 import numpy as np
