@@ -458,13 +458,11 @@ def _epoch_batches(n: int, epoch: int, seed: int, per_rank: int, world: int, ran
 
 
 def _to_tensor(pixels: np.ndarray, device):
-    """uint8 (n, H, W[, 3]) → float (n, 3, H, W) in [0, 1] on `device` (grey repeated to 3 channels)."""
-    import torch
+    """uint8 (n, H, W[, 3]) → float (n, 3, H, W) in [0, 1] on `device`: finetuning's conversion,
+    made contiguous (grey repeated into 3 real channels rather than an expanded view)."""
+    from .finetune import _pixels_to_tensor
 
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(device, non_blocking=True)
-    x = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
-    x = x.float().div_(255.0)
-    return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
+    return _pixels_to_tensor(pixels, device).contiguous()
 
 
 # --------------------------------------------------------------------------------------------
